@@ -1,0 +1,112 @@
+"""The public entry point: an AV/AR pair loaded from two released-layout directories."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import metrics
+from .checkpoint import AR, AV, load_ar, load_av
+from .decoding import Decoding
+from .explanation import Accounted, FailureConvention, account, parse
+from .prompts import ar_prompt_ids
+from .sidecar import check_pair_sidecars
+from .verbalize import AVInputs, Verbalization, build_av_inputs, verbalize
+
+
+@dataclass
+class RoundTrip:
+    """Everything one AV -> AR round trip produced, with its conventions named."""
+
+    verbalizations: list[Verbalization]
+    explanations: list[str | None]
+    accounted: Accounted
+    decoding: Decoding
+
+    @property
+    def mse(self) -> np.ndarray:
+        return self.accounted.mse
+
+
+class NLAPair:
+    def __init__(self, av: AV, ar: AR):
+        check_pair_sidecars(av.sidecar, ar.sidecar)
+        self.av, self.ar = av, ar
+
+    @classmethod
+    def from_dirs(cls, av_dir, ar_dir, *, device="cpu", dtype=torch.float32, device_map=None):
+        return cls(load_av(av_dir, dtype=dtype, device=device, device_map=device_map),
+                   load_ar(ar_dir, dtype=dtype, device=device, device_map=device_map))
+
+    @property
+    def d_model(self) -> int:
+        return self.av.sidecar.d_model
+
+    @property
+    def layer_index(self) -> int:
+        return self.ar.sidecar.extraction_layer_index
+
+    @property
+    def train_denominator(self) -> float | None:
+        return self.ar.sidecar.train_denominator or self.av.sidecar.train_denominator
+
+    # -- AV
+    def av_inputs(self, vectors) -> AVInputs:
+        return build_av_inputs(self.av, vectors)
+
+    def verbalize(self, vectors, decoding: Decoding = Decoding(), **kw) -> list[Verbalization]:
+        return verbalize(self.av, vectors, decoding, **kw)
+
+    # -- AR
+    def reconstruct(self, texts: list[str], batch_size: int = 32, *, allow_empty: bool = False) -> np.ndarray:
+        """Raw AR predictions [n, d] float32 for explanation texts (stripped, templated).
+
+        Empty explanations are refused unless `allow_empty` (the client convention scores them)."""
+        if not texts:
+            raise ValueError("no texts to reconstruct")
+        if any(not isinstance(t, str) for t in texts):
+            raise TypeError("reconstruct() takes explanation strings")
+        if not allow_empty and any(not t.strip() for t in texts):
+            raise ValueError(f"empty explanation at index {[i for i, t in enumerate(texts) if not t.strip()][:5]}"
+                             "; the AR needs text to read (score it under a failure convention instead)")
+        ids = [ar_prompt_ids(self.ar.tokenizer, self.ar.sidecar, t) for t in texts]
+        return self.ar.predict(ids, batch_size=batch_size)
+
+    def score(self, texts: list[str], gold, batch_size: int = 32, *, allow_empty: bool = False) -> np.ndarray:
+        """Per-sample mse_nrm (= 2(1-cos), both sides normalised, fp64 maths)."""
+        gold = np.asarray(gold, dtype=np.float32)
+        if gold.ndim != 2 or gold.shape != (len(texts), self.d_model):
+            raise ValueError(f"gold must be [{len(texts)}, {self.d_model}], got {gold.shape}")
+        return metrics.mse_nrm(self.reconstruct(texts, batch_size, allow_empty=allow_empty), gold)
+
+    # -- both
+    def round_trip(self, vectors, decoding: Decoding = Decoding(),
+                   convention: FailureConvention = FailureConvention.TRAINING_DROP,
+                   ar_max_tokens: int | None = 300, **verbalize_kw) -> RoundTrip:
+        """Verbalize `vectors`, parse, score against the same vectors under a named convention.
+
+        Training convention also fails samples whose AR prompt exceeds `ar_max_tokens` (300 in RL).
+        """
+        gold = np.asarray(vectors, dtype=np.float32)
+        verbs = self.verbalize(gold, decoding, **verbalize_kw)
+        parsed = [parse(v.text, v.truncated, convention) for v in verbs]
+        if convention is FailureConvention.TRAINING_DROP and ar_max_tokens is not None:
+            from .explanation import Parsed
+            for i, p in enumerate(parsed):
+                if p.text_for_ar is not None and len(ar_prompt_ids(self.ar.tokenizer, self.ar.sidecar,
+                                                                   p.text_for_ar)) > ar_max_tokens:
+                    parsed[i] = Parsed(None, True, "ar_prompt_too_long")
+        mse = np.full(len(parsed), np.nan)
+        idx = [i for i, p in enumerate(parsed) if p.text_for_ar is not None]
+        if idx:
+            mse[idx] = self.score([parsed[i].text_for_ar for i in idx], gold[idx],
+                                  allow_empty=convention is FailureConvention.CLIENT_RAW)
+        acc = account(mse, parsed, convention)
+        return RoundTrip(verbs, [p.text_for_ar for p in parsed], acc, decoding)
+
+
+def load_pair(av_dir, ar_dir, **kw) -> NLAPair:
+    return NLAPair.from_dirs(Path(av_dir), Path(ar_dir), **kw)
