@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import metrics
+from . import metrics, sanity
 from .checkpoint import AR, AV, load_ar, load_av
 from .decoding import Decoding
 from .explanation import Accounted, FailureConvention, account, parse
@@ -25,6 +25,7 @@ class RoundTrip:
     explanations: list[str | None]
     accounted: Accounted
     decoding: Decoding
+    findings: list = None   # sanity.Finding for each silent-failure signature seen (also warned)
 
     @property
     def mse(self) -> np.ndarray:
@@ -91,7 +92,12 @@ class NLAPair:
         Training convention also fails samples whose AR prompt exceeds `ar_max_tokens` (300 in RL).
         """
         gold = np.asarray(vectors, dtype=np.float32)
+        findings = [sanity.warn(sanity.injection_scale_mismatch(self.av.sidecar.injection_scale, gold))]
         verbs = self.verbalize(gold, decoding, **verbalize_kw)
+        texts = [v.text for v in verbs]
+        findings += [sanity.warn(sanity.degenerate_decodes(texts))]
+        if decoding.greedy:  # identical sampled outputs are legitimate at low entropy; greedy ones are not
+            findings += [sanity.warn(sanity.aliased_decodes(texts, gold))]
         parsed = [parse(v.text, v.truncated, convention) for v in verbs]
         if convention is FailureConvention.TRAINING_DROP and ar_max_tokens is not None:
             from .explanation import Parsed
@@ -105,7 +111,8 @@ class NLAPair:
             mse[idx] = self.score([parsed[i].text_for_ar for i in idx], gold[idx],
                                   allow_empty=convention is FailureConvention.CLIENT_RAW)
         acc = account(mse, parsed, convention)
-        return RoundTrip(verbs, [p.text_for_ar for p in parsed], acc, decoding)
+        return RoundTrip(verbs, [p.text_for_ar for p in parsed], acc, decoding,
+                         [f for f in findings if f is not None])
 
 
 def load_pair(av_dir, ar_dir, **kw) -> NLAPair:
