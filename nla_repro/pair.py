@@ -12,7 +12,7 @@ from . import metrics, sanity
 from .checkpoint import AR, AV, load_ar, load_av
 from .decoding import Decoding
 from .explanation import Accounted, FailureConvention, account, parse
-from .prompts import ar_prompt_ids
+from .prompts import ar_prompt_ids, check_ar_matches_base_tokenizer
 from .sidecar import check_pair_sidecars
 from .verbalize import AVInputs, Verbalization, build_av_inputs, verbalize
 
@@ -35,6 +35,7 @@ class RoundTrip:
 class NLAPair:
     def __init__(self, av: AV, ar: AR):
         check_pair_sidecars(av.sidecar, ar.sidecar)
+        check_ar_matches_base_tokenizer(ar.sidecar, ar.tokenizer, av.tokenizer)
         self.av, self.ar = av, ar
 
     @classmethod

@@ -132,3 +132,21 @@ def check_ar_tokenizer(sc: Sidecar, tokenizer) -> None:
             raise SidecarError(sc.path, "tokens.critic_suffix_ids",
                                "AR prompt does not end with the stored suffix ids",
                                expected=list(sc.critic_suffix_ids), found=tail)
+
+
+def check_ar_matches_base_tokenizer(ar_sc: Sidecar, ar_tok, base_tok) -> None:
+    """The AR must tokenise exactly like stage-0 extraction did (base tokenizer, add_special_tokens=True).
+
+    This is what catches a lost BOS (trap #3: Gemma fve 0.31 vs 0.77) even where the tokenizer's
+    `add_bos_token` attribute misreports what its post-processor does (Gemma's says False and adds BOS).
+    The AV directory ships the base tokenizer, so it serves as the reference.
+    """
+    probe = render_ar_prompt(ar_sc, "The quick brown fox.")
+    a = _as_id_list(ar_tok(probe, add_special_tokens=True)["input_ids"])
+    b = _as_id_list(base_tok(probe, add_special_tokens=True)["input_ids"])
+    if a != b:
+        bos = getattr(base_tok, "bos_token_id", None)
+        hint = " (BOS differs)" if bos is not None and (a[0] == bos) != (b[0] == bos) else ""
+        raise SidecarError(ar_sc.path, "<tokenizer>",
+                           "AR tokenizer does not tokenise like the base/AV tokenizer" + hint,
+                           expected=b[:8], found=a[:8])
