@@ -50,8 +50,8 @@ def test_trap02_ar_layer_count_must_be_k_plus_1(tmp_path, layers):
         load_ar(d.ar)
 
 
-def test_trap03_ar_input_carries_bos(pair_dirs):
-    pair = load_pair(pair_dirs("gemma3").av, pair_dirs("gemma3").ar)
+def test_trap03_ar_input_carries_bos(loaded_pair):
+    pair = loaded_pair("gemma3")
     tok = pair.ar.tokenizer
     ids = pair.ar.tokenizer(render_ar_prompt(pair.ar.sidecar, "hello"), add_special_tokens=True)["input_ids"]
     assert ids[0] == tok.bos_token_id
@@ -63,7 +63,7 @@ def test_trap03_ar_input_carries_bos(pair_dirs):
     # guard: an AR tokenizer that stopped adding BOS is refused when the pair is assembled
     import copy
     from nla_repro.pair import NLAPair
-    broken = copy.deepcopy(pair.ar)
+    broken = copy.copy(pair.ar)
     broken.tokenizer = copy.deepcopy(tok)
     broken.tokenizer.add_bos_token = False
     with pytest.raises(SidecarError, match="BOS differs"):
@@ -287,9 +287,9 @@ def test_trap23_vectors_stored_as_fixed_width_numpy(tmp_path, rng):
     v = rng.normal(size=(300, 64)).astype(np.float32)
     key = CacheKey({"step": "vectors", "checkpoint": "x"})
     cache.put(key, {"n": 300}, arrays={"v": v})
-    got = cache.get(key)
-    arrays = got["arrays"] if isinstance(got, dict) and "arrays" in got else got[1]
-    np.testing.assert_array_equal(arrays["v"], v)
+    got = cache.get(key).arrays["v"]
+    assert got.dtype == np.float32 and got.shape == (300, 64)
+    np.testing.assert_array_equal(got, v)
 
 
 def test_trap24_ar_forward_without_cache(loaded_pair):
