@@ -1,0 +1,166 @@
+"""Cross-family transfer (seeds 000 §5, 001 §7, 003): every ordered (AV pair i, AR pair j) in ctx.pairs.
+
+Positions: the reference pair's eval-set rows (reference = first pair name in sorted order; its base
+tokenisation), mapped onto every other base tokenizer by character offset
+(:func:`nla_repro.activations.align_positions`); gold of every base model is extracted at the aligned
+positions (block K_p output = HF hidden_states[K_p+1]).  Cell (i, j): AV_i decodes model-i gold (greedy),
+AR_j reads the explanation, scored against model-j gold at the same position; own denominator = rawvar of
+model-j gold; doc-bootstrap CI95 (1000 draws, seed 0); shuffled null = explanations rolled by one.
+
+Pair labels in figure keys: released names map to the registry's short names (qwen2.5-7b-L20 -> qwen,
+gemma3-12b-L32 -> gemma12, gemma3-27b-L41 -> gemma27, llama3.3-70b-L53 -> llama70); others keep their name.
+Figures: cross_family.fve.<i>.<j>, .ci.<i>.<j> [lo, hi], .null.<i>.<j>, .real_minus_null.<i>.<j>,
+.ratio.<i>.<j> (i != j: fve_ij / fve_jj), cross_family.null [every cell], cross_family.ratio [off-diagonal],
+cross_family.real_minus_null [every cell], cross_family.alignment_error (mean |char error| over non-reference
+pairs; 0.0 when every pair shares the reference tokenizer), cross_family.alignment_error.<p>,
+cross_family.tag_failure_rate.<i>, transfer_matrix (report schema {"sources", "targets", "fve"}).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import metrics
+from ..activations import align_positions, extract_layer, mean_alignment_error, tokenize_document
+from .base import experiment
+from .corroboration import decoding_for, convention_of, decode, score_parsed, shuffled_null_mse, tag_failure_rate
+from .runner import params, resolve_n
+
+NAME = "cross_family"
+SHORT_NAMES = {"qwen2.5-7b-L20": "qwen", "gemma3-12b-L32": "gemma12", "gemma3-27b-L41": "gemma27",
+               "llama3.3-70b-L53": "llama70"}
+_BASES: dict[str, tuple] = {}
+
+
+def short(name: str) -> str:
+    return SHORT_NAMES.get(name, name)
+
+
+def base_of(handle):
+    spec = getattr(handle, "base_spec", None)
+    if spec is None:
+        raise ValueError(f"pair {handle.name!r}: handle has no base_spec (build it with "
+                         f"nla_repro.evalset.make_pair_handle); cross-family gold needs the base model")
+    if spec.model_id not in _BASES:
+        _BASES[spec.model_id] = spec.load()
+    return _BASES[spec.model_id]
+
+
+def documents_by_id(ids, split: str = "eval") -> dict[str, str]:
+    from ..corpora import load_documents
+
+    want = set(ids)
+    out = {d.id: d.text for d in load_documents(split) if d.id in want}
+    missing = want - set(out)
+    if missing:
+        raise KeyError(f"documents not found in the {split} corpus: {sorted(missing)[:5]}")
+    return out
+
+
+def gold_at(handle, texts: dict, rows, layer_index: int, max_length: int) -> np.ndarray:
+    """Block-``layer_index`` activations of the handle's base model at (doc_id, position) rows."""
+    import torch
+
+    model, tok = base_of(handle)
+    out = np.zeros((len(rows), 0), np.float32)
+    by_doc: dict[str, list[int]] = {}
+    for r, (doc, _) in enumerate(rows):
+        by_doc.setdefault(doc, []).append(r)
+    vecs = {}
+    for doc, idx in by_doc.items():
+        ids = tokenize_document(tok, texts[doc], max_length)
+        t = torch.tensor([ids], dtype=torch.long, device=model.get_input_embeddings().weight.device)
+        h = extract_layer(model, t, torch.ones_like(t), layer_index)[0].cpu().numpy()
+        for r in idx:
+            vecs[r] = h[rows[r][1]]
+    out = np.stack([vecs[r] for r in range(len(rows))]).astype(np.float32)
+    return out
+
+
+def aligned_gold(ctx, names, rows_ref, ref: str, split: str = "eval", n_for_eval: int | None = None):
+    """{pair: gold [n, d]} at the reference rows, and {pair: mean alignment error} for non-reference pairs."""
+    texts = documents_by_id({d for d, _ in rows_ref}, split)
+    ref_h = ctx.pairs[ref]
+    _, tok_ref = base_of(ref_h)
+    es_ref = ref_h.eval_set(n_for_eval) if n_for_eval is not None else None
+    max_len = int((es_ref.meta.get("sampler", {}) if es_ref is not None else {}).get("max_length", 512))
+    gold, err = {}, {}
+    for p in names:
+        h = ctx.pairs[p]
+        K = h.eval_set(1).layer_index
+        if p == ref and es_ref is not None:
+            gold[p] = es_ref.vectors
+            continue
+        _, tok_p = base_of(h)
+        rows_p, errs = [], []
+        for doc, pos in rows_ref:
+            dst, e = align_positions(texts[doc], tok_ref, [pos], tok_p, max_length=max_len)
+            rows_p.append((doc, dst[0]))
+            errs.append(e[0])
+        gold[p] = gold_at(h, texts, rows_p, K, max_len)
+        if p != ref:
+            err[p] = mean_alignment_error(errs)
+    return gold, err
+
+
+@experiment(NAME, default_n=16, decoding="greedy(max_new=150)",
+            denominator="own (rawvar V of the AR-side model's gold at the aligned positions)",
+            failure_convention="TRAINING_DROP (override: options)", needs=("all_pairs",))
+def cross_family(ctx, pair_name):
+    p = params(ctx, NAME, {"batch_size": 16, "n_boot": 1000})
+    names = sorted(ctx.pairs)
+    n = resolve_n(ctx, NAME)
+    ref = names[0]
+    es_ref = ctx.pairs[ref].eval_set(n)
+    rows = list(zip(es_ref.doc_ids, es_ref.positions))
+    gold, err = aligned_gold(ctx, names, rows, ref, n_for_eval=n)
+    conv = convention_of(ctx, NAME)
+    pairs = {q: ctx.pairs[q].load() for q in names}
+    texts, tfr = {}, {}
+    for i in names:
+        verbs = decode(pairs[i], gold[i], decoding_for(ctx, NAME), batch_size=int(p["batch_size"]))
+        _, texts[i] = score_parsed(pairs[i], verbs, gold[i], conv)
+        tfr[i] = tag_failure_rate(verbs)
+    figs = {}
+    fve = np.full((len(names), len(names)), np.nan)
+    nulls, rmn = [], []
+    for a, i in enumerate(names):
+        for b, j in enumerate(names):
+            idx = [k for k, t in enumerate(texts[i]) if t is not None]
+            key = f"{short(i)}.{short(j)}"
+            v_own = metrics.variance_baseline(gold[j])
+            if len(idx) < 2:
+                figs[f"cross_family.fve.{key}"] = float("nan")
+                continue
+            mse = pairs[j].score([texts[i][k] for k in idx], gold[j][idx], allow_empty=True)
+            f = metrics.fve_nrm(mse, v_own)
+            ci = metrics.doc_bootstrap_ci(mse, [rows[k][0] for k in idx], lambda m: metrics.fve_nrm(m, v_own),
+                                          n_boot=int(p["n_boot"]))
+            null = metrics.fve_nrm(shuffled_null_mse(pairs[j], texts[i], gold[j]), v_own)
+            fve[a, b] = f
+            nulls.append(null)
+            rmn.append(f - null)
+            figs.update({f"cross_family.fve.{key}": f, f"cross_family.ci.{key}": list(ci),
+                         f"cross_family.null.{key}": null, f"cross_family.real_minus_null.{key}": f - null,
+                         f"cross_family.n_scored.{key}": len(idx)})
+    ratios = []
+    for a, i in enumerate(names):
+        for b, j in enumerate(names):
+            if a != b and np.isfinite(fve[b, b]) and fve[b, b] != 0:
+                r = float(fve[a, b] / fve[b, b])
+                ratios.append(r)
+                figs[f"cross_family.ratio.{short(i)}.{short(j)}"] = r
+    figs.update({
+        "cross_family.null": nulls,
+        "cross_family.real_minus_null": rmn,
+        "cross_family.ratio": ratios,
+        "cross_family.alignment_error": float(np.mean(list(err.values()))) if err else 0.0,
+        **{f"cross_family.alignment_error.{short(q)}": e for q, e in err.items()},
+        **{f"cross_family.tag_failure_rate.{short(q)}": r for q, r in tfr.items()},
+        "transfer_matrix": {"sources": [short(q) for q in names], "targets": [short(q) for q in names],
+                            "fve": fve.tolist()},
+    })
+    return {**figs, "_n": len(rows), "_conventions": {"failure_convention": conv.name},
+            "_protocol": {"pairs": names, "reference_pair": ref, "reference_eval_set": es_ref.name,
+                          "alignment": "character offset (activations.align_positions)",
+                          "null": "explanations rolled by one (derangement)"}}
