@@ -117,6 +117,19 @@ def _module_digest(fn) -> str:
     return hashlib.sha256(src).hexdigest()[:16]
 
 
+RECIPE_MODULES = ("sidecar", "prompts", "inject", "verbalize", "reconstruct", "pair", "explanation", "metrics",
+                  "decoding", "checkpoint", "families", "evalset", "activations")
+
+
+def recipe_digest() -> str:
+    """Hash of the recipe code every experiment runs through: a change there invalidates all results."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for m in RECIPE_MODULES:
+        h.update((root / f"{m}.py").read_bytes())
+    return h.hexdigest()[:16]
+
+
 def cache_key(name: str, ctx: ExperimentContext, pair_name: str) -> dict:
     from .. import provenance
     from ..cache import hash_checkpoint_dir
@@ -139,8 +152,9 @@ def cache_key(name: str, ctx: ExperimentContext, pair_name: str) -> dict:
         "eval_manifest": manifests,
         "n": n,
         "decoding": meta["decoding"],
-        "code_version": {"runner": RUNNER_VERSION, "module": _module_digest(fn),
+        "code_version": {"runner": RUNNER_VERSION, "module": _module_digest(fn), "recipe": recipe_digest(),
                          "nla_repro": provenance.nla_repro_version()},
+        "libraries": provenance.library_versions(),   # torch/transformers/tokenizers change numbers
         "params": params(ctx, name),
         "device": {p: ctx.pairs[p].device for p in used},
     }
