@@ -42,7 +42,7 @@ def cmd_run(args) -> int:
     """The main job: round-trip held-out activations through a pair and print the fidelity table."""
     from .main_job import run_main_job
 
-    summary = run_main_job(av=args.av, ar=args.ar, family=args.family, n=args.n, device=args.device,
+    summary = run_main_job(av=args.av, ar=args.ar, base=args.base, family=args.family, n=args.n, device=args.device,
                            refresh=args.refresh)
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True))
@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="main job: round-trip held-out activations, print fidelity table")
     r.add_argument("--av", help="AV directory (default: the embedded default pair)")
     r.add_argument("--ar", help="AR directory (default: the embedded default pair)")
+    r.add_argument("--base", help="base model directory for gold activations (default: the AV sidecar's "
+                   "base_checkpoint, if it is a local directory or in the local HF cache)")
     r.add_argument("--family", default="smollm2", help="default pair family when --av/--ar are not given")
     r.add_argument("--n", type=int, default=64, help="number of held-out activations")
     r.add_argument("--device", default="cpu")
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_transformers()
     try:
         return args.fn(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"nla-repro {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -123,8 +123,9 @@ def corroboration(ctx, pair_name):
     ok = ~np.isnan(mse)
     scored = mse[ok]
     cosv = 1.0 - scored / 2.0  # mse_nrm = 2(1-cos) with mse_scale = sqrt(d)
-    per_fve = metrics.fve_per_sample(scored, v_train if v_train else v_own) if scored.size else np.array([np.nan])
-    summ = metrics.summary(per_fve) if scored.size else {"frac_gt_0_5": np.nan, "frac_gt_0_8": np.nan,
+    # no silent swap to the own denominator: without a training V these figures are NaN (and say why)
+    per_fve = metrics.fve_per_sample(scored, v_train) if (scored.size and v_train) else np.array([np.nan])
+    summ = metrics.summary(per_fve) if (scored.size and v_train) else {"frac_gt_0_5": np.nan, "frac_gt_0_8": np.nan,
                                                         "frac_lt_0": np.nan}
     if scored.size and v_train:
         doc_ids = [es.doc_ids[i] for i in np.flatnonzero(ok)]
@@ -136,7 +137,7 @@ def corroboration(ctx, pair_name):
     other = {}
     for c in (FailureConvention.REWARD_CHARGE_2, FailureConvention.CLIENT_RAW):
         a2, _ = score_parsed(pair, verbs, gold, c) if c is not conv else (acc, texts)
-        other[c.value] = _fve(a2.mse, v_train if v_train else v_own)
+        other[c.value] = _fve(a2.mse, v_train)
     null_shuf = _fve(shuffled_null_mse(pair, texts, gold), v_own)
     # predict-the-mean: constant prediction = mean unit direction of the eval gold
     mean_dir = metrics.unit_rows(gold).mean(axis=0)
