@@ -21,6 +21,9 @@ def pytest_addoption(parser):
                 help="a checkpoint pair to evaluate; NAME is a released pair name "
                      "(qwen2.5-7b-L20, gemma3-12b-L32, gemma3-27b-L41, llama3.3-70b-L53) or any label. "
                      "Repeatable. Default: the embedded default pair.")
+    g.addoption("--base", action="append", default=[], metavar="NAME=BASE_DIR",
+                help="base model for pair NAME's gold activations (HF model dir, or 'fixture' / 'gguf:smollm2'); "
+                     "default: the AV sidecar's base_checkpoint if it is local")
     g.addoption("--eval-size", type=int, default=None, metavar="N",
                 help="number of held-out activations per experiment (default: per experiment)")
     g.addoption("--backend", default="hf", choices=["hf", "sglang", "vllm"],
