@@ -48,3 +48,8 @@ def predict_batched(ar, id_lists: list[list[int]], batch_size: int = 32) -> np.n
         last = hidden[torch.arange(len(chunk), device=ar.device), readout_index(mask)]
         out.append(ar.value_head(last).float().cpu().numpy())
     return np.concatenate(out, axis=0).astype(np.float32)
+
+
+# Release tolerances for reward-path vs training-path parity (train_actor.py:89; rl_preflight.py:197).
+STEP0_RATIO_TOLERANCE = 0.10
+PREFLIGHT_TOLERANCE = 1e-3

@@ -47,3 +47,11 @@ def check_payload(payload: dict) -> None:
         raise ValueError("SGLang payload carries input_ids/text together with input_embeds (trap #8)")
     if "input_embeds" not in payload:
         raise ValueError("SGLang payload has no input_embeds")
+
+# The release's rollout sends bf16-base64 embeds only when injection_scale < 1000 (Qwen 150, Llama 30):
+# at Gemma's 60000-80000 the bf16 resolution of the injected row would be ~256 (nla_generate.py:54-59).
+BF16_TRANSPORT_MAX_INJECTION_SCALE = 1000.0
+
+
+def bf16_transport_ok(injection_scale: float) -> bool:
+    return injection_scale < BF16_TRANSPORT_MAX_INJECTION_SCALE

@@ -142,7 +142,17 @@ def corroboration(ctx, pair_name):
     # predict-the-mean: constant prediction = mean unit direction of the eval gold
     mean_dir = metrics.unit_rows(gold).mean(axis=0)
     pm_mse = metrics.mse_nrm(np.repeat(mean_dir[None, :], len(gold), axis=0), gold)
+    # metric identities on this eval set (claims s000-nmse-equals-2-1-cos, recipe-meannorm-rawvar-identity)
+    scored_idx = [i for i, t in enumerate(texts) if t is not None and not np.isnan(mse[i])]
+    if scored_idx:
+        preds = pair.reconstruct([texts[i] for i in scored_idx], allow_empty=True)
+        g = gold[scored_idx]
+        identity_2_1_cos = float(np.max(np.abs(metrics.mse_nrm(preds, g) - 2 * (1 - metrics.cos(preds, g)))))
+    else:
+        identity_2_1_cos = float("nan")
     figs = {
+        "metric.identity_2_1_cos": identity_2_1_cos,
+        "var_nrm.identity": abs(m_own - (2 - 2 * np.sqrt(1 - v_own))),
         "fve_nrm.train": _fve(mse, v_train),
         "fve_nrm.own": _fve(mse, v_own),
         "fve_nrm.meannorm": _fve(mse, m_own),

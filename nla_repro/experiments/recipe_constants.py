@@ -17,6 +17,25 @@ from .base import experiment
 NAME = "recipe_constants"
 
 
+def harness_defaults() -> dict:
+    from ..activations import SamplerConfig
+    from ..backends.sglang import BF16_TRANSPORT_MAX_INJECTION_SCALE
+    from ..decoding import Decoding
+    from ..metrics import TRAIN_BASELINE_ROWS
+    from ..reconstruct import PREFLIGHT_TOLERANCE, STEP0_RATIO_TOLERANCE
+    from .corroboration import AR_MAX_TOKENS
+
+    return {
+        "recipe.min_position": SamplerConfig().min_position,
+        "recipe.positions_per_doc": SamplerConfig().n_per_doc,
+        "recipe.ar_prompt_cap": AR_MAX_TOKENS,
+        "recipe.max_new_tokens": Decoding().max_new_tokens,
+        "recipe.bf16_threshold": BF16_TRANSPORT_MAX_INJECTION_SCALE,
+        "recipe.baseline_rows": TRAIN_BASELINE_ROWS,
+        "recipe.step0_tol": [STEP0_RATIO_TOLERANCE, PREFLIGHT_TOLERANCE],
+    }
+
+
 def _config(d):
     cfg = json.loads((d / "config.json").read_text())
     return cfg, cfg.get("text_config", cfg)
@@ -59,6 +78,9 @@ def recipe_constants(ctx, pair_name):
         "recipe.value_head_shape": vh_shape,
         "recipe.sidecars_agree": not drift,
         "sidecar.drift": drift,
+        # The harness's own defaults, read from the code that uses them: a default drifting away from
+        # the release's value is a recipe change and fails its claim.
+        **harness_defaults(),
         "_n": 1,
         "_protocol": {"model_type": model_type, "source": "nla_meta.yaml + config.json + value_head header"},
     }
