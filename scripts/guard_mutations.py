@@ -2,13 +2,17 @@
 
 Usage: python scripts/guard_mutations.py [-k SUBSTRING]
 Prints one line per guard: KILLED (the test failed without the guard, as it must) or SURVIVED.
-Exit code 1 if any mutation survives. Files are restored even on interrupt.
+Exit code 1 if any mutation survives. Mutations are applied to a temporary copy of the repository,
+never to the working tree.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -47,16 +51,17 @@ MUTATIONS = [
 ]
 
 
-def run_one(name, rel, old, new, test) -> bool:
-    path = ROOT / rel
+def run_one(name, rel, old, new, test, root: Path = ROOT) -> bool:
+    path = root / rel
     src = path.read_text()
     if src.count(old) != 1:
         print(f"ERROR   {name}: guard snippet not found exactly once in {rel}")
         return False
     try:
         path.write_text(src.replace(old, new))
+        env = {**os.environ, "PYTHONPATH": str(root)}
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", test],
-                              cwd=ROOT, capture_output=True, text=True)
+                              cwd=root, capture_output=True, text=True, env=env)
     finally:
         path.write_text(src)
     killed = proc.returncode != 0
@@ -68,7 +73,11 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("-k", default="")
     args = ap.parse_args()
-    results = [run_one(*m) for m in MUTATIONS if args.k in m[0]]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "repo"
+        shutil.copytree(ROOT, root, ignore=shutil.ignore_patterns(".git", ".venv*", "__pycache__", ".m1", ".m2",
+                                                                   ".whl", ".dev", ".hypothesis", ".benchmarks"))
+        results = [run_one(*m, root=root) for m in MUTATIONS if args.k in m[0]]
     print(f"{sum(results)}/{len(results)} guard removals were caught by their tests")
     return 0 if all(results) else 1
 
