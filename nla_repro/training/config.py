@@ -33,6 +33,10 @@ class FamilySpec:
     layer: int                   # extraction layer K (output of block K = hidden_states[K+1])
     injection_char: str
     chat_template_file: str | None = None   # for tokenizers whose GGUF has no chat template
+    # Extra end-of-turn tokens the AV stops on besides tokenizer.eos_token.  SmolLM2's tied embedding rows
+    # of <|im_end|> (2) and <|im_start|> (1) have cosine 0.990, so their logits are near-tied after
+    # "</explanation>" and fp32 vs bf16 numerics decide which one is emitted; both end the assistant turn.
+    extra_stop_tokens: tuple[str, ...] = ()
 
     @property
     def mse_scale(self) -> float:
@@ -53,6 +57,7 @@ FAMILIES: dict[str, FamilySpec] = {
         # U+25CF BLACK CIRCLE: a single, context-stable token (id 27098) in SmolLM2's byte-level BPE; it
         # must not follow a space (a leading space merges), which the template guarantees ("<concept>●").
         injection_char="\u25cf",
+        extra_stop_tokens=("<|im_start|>",),
     ),
 }
 

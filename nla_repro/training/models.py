@@ -199,11 +199,25 @@ class Sample:
     truncated: bool
 
 
+def stop_ids(tok, extra: tuple[str, ...] = ()) -> list[int]:
+    ids = [int(tok.eos_token_id)]
+    for t in extra:
+        i = tok.convert_tokens_to_ids(t)
+        if i is not None and int(i) not in ids:
+            ids.append(int(i))
+    return ids
+
+
 @torch.no_grad()
 def generate(model, tok, prompt: AVPrompt, vectors: torch.Tensor, scale: float, *, device: str,
-             greedy: bool, max_new_tokens: int, batch: int = 256, seed: int | None = None) -> list[Sample]:
+             greedy: bool, max_new_tokens: int, batch: int = 256, seed: int | None = None,
+             extra_stop: tuple[str, ...] = ()) -> list[Sample]:
+    """Batched AV decoding; stops on tokenizer EOS and on ``extra_stop`` tokens.  NOTE: the device run
+    that produced the shipped deltas stopped on EOS only (extra_stop was added afterwards, see
+    FamilySpec.extra_stop_tokens)."""
     model.eval()
-    eos = int(tok.eos_token_id)
+    stops = stop_ids(tok, extra_stop)
+    eos = stops[0]
     res = []
     if seed is not None:
         torch.manual_seed(seed)
@@ -215,16 +229,17 @@ def generate(model, tok, prompt: AVPrompt, vectors: torch.Tensor, scale: float, 
             emb = av_embeds(model, prompt, ids, v, scale)
             kw = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0)
             out = model.generate(inputs_embeds=emb, attention_mask=torch.ones_like(ids),
-                                 max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=eos, **kw)
+                                 max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=eos, **kw)
         out = out.cpu().tolist()
         for row in out:
             if len(row) > max_new_tokens:  # some versions return prompt placeholders too
                 row = row[len(prompt.ids):]
-            if eos in row:
-                row = row[: row.index(eos) + 1]
+            stop = next((j for j, t in enumerate(row) if t in stops), None)
+            if stop is not None:
+                row = row[: stop + 1]
                 trunc = False
             else:
                 trunc = True
-            text = tok.decode([t for t in row if t != eos], skip_special_tokens=False)
+            text = tok.decode(row[:-1] if stop is not None else row, skip_special_tokens=False)
             res.append(Sample(row, text, extract_explanation(text), trunc))
     return res

@@ -32,6 +32,7 @@ from .models import (ARModel, ar_ids, ar_predict, av_target_ids, build_av_prompt
 
 T0 = time.time()
 LOG = None
+EXTRA_STOP: tuple[str, ...] = ()  # set from the family spec in main()
 
 
 def log(*a):
@@ -183,7 +184,7 @@ def evaluate(tag, cfg, av, ar, tok, prompt, data: Stage0, device, scale, V, samp
     t = time.time()
     vec = torch.from_numpy(data.vectors)
     smp = generate(av, tok, prompt, vec, scale, device=device, greedy=True, max_new_tokens=cfg.eval_max_new_tokens,
-                   batch=512)
+                   batch=512, extra_stop=EXTRA_STOP)
     ok = [i for i, s in enumerate(smp) if s.explanation is not None and not s.truncated]
     fail_rate = 1 - len(ok) / len(smp)
     res = {"n": len(smp), "n_valid": len(ok), "failure_rate": fail_rate,
@@ -207,7 +208,7 @@ def evaluate(tag, cfg, av, ar, tok, prompt, data: Stage0, device, scale, V, samp
     gauss = torch.randn(vec.shape, generator=g)
     gauss = gauss / gauss.norm(dim=1, keepdim=True) * vec.norm(dim=1, keepdim=True)
     gs = generate(av, tok, prompt, gauss, scale, device=device, greedy=True, max_new_tokens=cfg.eval_max_new_tokens,
-                  batch=512)
+                  batch=512, extra_stop=EXTRA_STOP)
     gok = [i for i, s in enumerate(gs) if s.explanation is not None and not s.truncated]
     if gok:
         gp = ar_predict(ar, tok, [gs[i].explanation for i in gok], device=device)
@@ -255,7 +256,8 @@ def rl_loop(cfg, av, ar, tok, prompt, data: Stage0, idx, device, scale, V, deadl
         vec = torch.from_numpy(data.vectors[bidx]).repeat_interleave(cfg.rl_group, dim=0)
         gold = data.vectors[bidx].repeat(cfg.rl_group, axis=0)
         smp = generate(av, tok, prompt, vec, scale, device=device, greedy=False,
-                       max_new_tokens=cfg.rl_max_new_tokens, batch=1024, seed=cfg.seed * 100003 + step)
+                       max_new_tokens=cfg.rl_max_new_tokens, batch=1024, seed=cfg.seed * 100003 + step,
+                       extra_stop=EXTRA_STOP)
         ok = [i for i, s in enumerate(smp) if s.explanation is not None and not s.truncated]
         rew = np.full(len(smp), cfg.failure_reward, np.float64)
         if ok:
@@ -366,6 +368,8 @@ def main(argv=None):
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.seed)
     spec = spec_of(args.family)
+    global EXTRA_STOP
+    EXTRA_STOP = spec.extra_stop_tokens
     stages = args.stages.split(",")
     metrics_path = out / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}

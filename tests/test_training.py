@@ -1,0 +1,178 @@
+"""Training pipeline pieces of the default pair (nla_repro.training): warm-start generator, keyed
+position sampler, LoRA maths, rawvar, and a CPU smoke step that must lower the AR loss."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from nla_repro.training import lora as L
+from nla_repro.training.data import Stage0, rawvar, sample_positions
+from nla_repro.training.warmstart import (WarmStartInput, explain, kind_of, quote_tail, salient_words,
+                                          token_type, wrap)
+
+CTX = ("The city of Paris is the capital of France. Paris has a population of over two million people, "
+       "and its metropolitan area")
+
+
+# ------------------------------------------------------------------------------------------ warm start
+def test_warmstart_is_deterministic_and_three_part():
+    inp = WarmStartInput(CTX, " area", "wiki_lead", (" is", ","))
+    a, b = explain(inp), explain(WarmStartInput(CTX, " area", "wiki_lead", (" is", ",")))
+    assert a == b
+    parts = a.split("\n\n")
+    assert len(parts) == 3, a
+    assert parts[0].startswith("Encyclopedic article: about ") and "paris" in parts[0]
+    assert parts[1].startswith("The text “…") and "metropolitan area”" in parts[1]
+    assert parts[2] == "Final token “area” is a word; likely next: “is” or “,”."
+
+
+def test_warmstart_depends_on_inputs():
+    base = explain(WarmStartInput(CTX, " area", "wiki_lead", (" is",)))
+    assert explain(WarmStartInput(CTX, " area", "recipe", (" is",))) != base      # kind
+    assert explain(WarmStartInput(CTX + " of", " of", "wiki_lead", (" the",))) != base  # context / token
+    assert explain(WarmStartInput(CTX, " area", "wiki_lead", (" has",))) != base     # next token
+
+
+@pytest.mark.parametrize("stratum,kind", [("wiki_lead", "Encyclopedic article"), ("wiki_full", "Encyclopedic article"),
+                                          ("recipe", "Recipe instructions"), ("chitchat", "Casual chat conversation"),
+                                          (None, "Web text"), ("unknown_src", "Web text")])
+def test_kind_of_strata(stratum, kind):
+    assert kind_of(stratum) == kind
+
+
+def test_chat_speaker_and_gloss():
+    ctx = "User: how do I boil an egg?\n\nAssistant: Put the egg in"
+    e = explain(WarmStartInput(ctx, " in", "chitchat"))
+    assert "in the assistant's turn" in e
+    assert "user" not in e.split("\n\n")[0]  # role labels are not topic words
+    assert "likely next: the next word of the phrase" in e  # rule used without model predictions
+
+
+def test_token_types():
+    assert token_type(" word", "x") == "a word"
+    assert token_type("ing", "r") == "a word piece continuing a word"
+    assert token_type(",", "x") == "punctuation"
+    assert token_type("42", " ") == "digits"
+    assert token_type("\n", "x") == "a line break"
+    assert token_type(" ", "x") == "whitespace"
+
+
+def test_quote_and_salient_words_bounded():
+    q = quote_tail("word " * 100 + "final")
+    assert q.endswith("final") and len(q.split()) <= 8 and len(q) <= 64
+    assert salient_words("the the the and") == []
+    assert salient_words("apple banana apple cherry banana apple") == ["apple", "banana", "cherry"]
+
+
+def test_explanations_stay_short_and_wrap():
+    long_ctx = " ".join(f"word{i} verylongtokenxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx" for i in range(300))
+    e = explain(WarmStartInput(long_ctx, "xx", "wiki_full", ("a", "b")))
+    assert len(e) < 400
+    w = wrap(e)
+    assert w.startswith("<explanation>\n") and w.endswith("\n</explanation>")
+    assert re.search(r"<explanation>(.*?)</explanation>", w, re.S).group(1).strip() == e
+
+
+# ------------------------------------------------------------------------------------------ positions
+def test_sample_positions_keyed_and_filtered():
+    ids = list(range(100, 400))
+    ids[70] = 2  # special
+    a = sample_positions("corpus:doc-1", ids, {0, 1, 2}, 8)
+    assert a == sample_positions("corpus:doc-1", ids, {0, 1, 2}, 8)
+    assert a != sample_positions("corpus:doc-2", ids, {0, 1, 2}, 8)
+    assert len(a) == 8 and len(set(a)) == 8 and min(a) >= 50 and 70 not in a
+    assert sample_positions("d", ids[:50], set(), 8) == []
+
+
+def test_sample_positions_match_project_sampler():
+    act = pytest.importorskip("nla_repro.activations")
+    ids = list(range(1000, 1300))
+    for doc in ("wiki_lead:Paris", "chitchat:abc", "recipe:Cookbook:Soup"):
+        assert sample_positions(doc, ids, {1000 + 60}, 7) == act.sample_positions(
+            ids, doc, seed=42, n=7, min_position=50, special_ids=[1000 + 60])
+
+
+# ------------------------------------------------------------------------------------------ maths
+def test_rawvar_matches_closed_form():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 16)) + 2.0
+    V = rawvar(x.astype(np.float32), scale=4.0)
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    m2 = float((u.mean(0) ** 2).sum())
+    assert V == pytest.approx(1 - m2, rel=1e-9)  # rawvar = 1 - ||mean unit vector||^2 (scale-free)
+
+
+def test_lora_zero_init_is_identity_and_merge_is_exact():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(12, 7, bias=False)
+    x = torch.randn(5, 12)
+    ref = lin(x).detach()
+    wrapped = L.LoRALinear(lin, rank=3, alpha=6.0)
+    assert torch.equal(wrapped(x), ref)  # B = 0 at init
+    with torch.no_grad():
+        wrapped.lora_B.normal_()
+    merged = L.merge_delta(lin.weight, wrapped.lora_A, wrapped.lora_B, wrapped.scale)
+    assert torch.allclose(x @ merged.t(), wrapped(x), atol=1e-5)
+    assert not torch.allclose(merged, lin.weight)
+
+
+def test_lora_state_roundtrip_and_merge_state_dict():
+    torch.manual_seed(1)
+    m = torch.nn.Sequential(torch.nn.Linear(8, 8, bias=False))
+    m[0].q_proj = torch.nn.Linear(8, 8, bias=False)
+    base_sd = {k: v.clone() for k, v in m.state_dict().items()}
+    names = L.apply_lora(m, ("q_proj",), rank=2, alpha=4.0)
+    assert names == ["0.q_proj"]
+    with torch.no_grad():
+        m[0].q_proj.lora_B.normal_()
+    sd = L.lora_state_dict(m, torch.float32)
+    assert set(sd) == {"0.q_proj.lora_A", "0.q_proj.lora_B"}
+    merged = L.merge_state_dict(base_sd, sd, 2.0)
+    want = base_sd["0.q_proj.weight"] + 2.0 * sd["0.q_proj.lora_B"] @ sd["0.q_proj.lora_A"]
+    assert torch.equal(merged["0.q_proj.weight"], want)
+    with pytest.raises(KeyError):
+        L.merge_state_dict({}, sd, 2.0)
+
+
+# ------------------------------------------------------------------------------------------ smoke step
+def _tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
+                      tie_word_embeddings=True)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def test_cpu_smoke_ar_sft_step_lowers_loss():
+    """The real AR-SFT loop (train_ar_sft) on a tiny random Llama with the SmolLM2 tokenizer: mse_nrm on a
+    handful of (warm-start text, gold vector) pairs must fall over a few steps."""
+    from nla_repro.fixtures.tokenizers import load_tokenizer
+    from nla_repro.training.config import LORA_TARGETS, TrainConfig
+    from nla_repro.training.models import ARModel
+    from nla_repro.training.train import train_ar_sft
+
+    tok = load_tokenizer("smollm2")
+    base = _tiny_llama()
+    ar = ARModel(base, layer=2)
+    assert ar.backbone.config.num_hidden_layers == 3 and len(ar.backbone.layers) == 3
+    assert isinstance(ar.backbone.norm, torch.nn.Identity)
+    assert torch.equal(ar.value_head.weight, torch.eye(64))
+    L.apply_lora(ar.backbone, LORA_TARGETS, 4, 8.0)
+    for p in ar.value_head.parameters():
+        p.requires_grad_(True)
+    rng = np.random.default_rng(0)
+    n = 6
+    texts = [explain(WarmStartInput(f"Some context number {i} about topic{i} and more words here", f" here{i}",
+                                    "wiki_lead", (" next",))) for i in range(n)]
+    data = Stage0([f"d{i}" for i in range(n)], ["wiki_lead"] * n, [60] * n,
+                  rng.normal(size=(n, 64)).astype(np.float32), [""] * n, [""] * n, [()] * n, texts)
+    cfg = TrainConfig(ar_sft_batch=n, ar_sft_examples=n, ar_sft_epochs=12.0, ar_sft_lr=1e-2,
+                      ar_sft_vh_lr=1e-2, warmup_steps=1)
+    hist = train_ar_sft(cfg, ar, tok, data, range(n), "cpu", V=1.0)
+    assert len(hist) == 12
+    assert hist[-1] < 0.7 * hist[0], hist
