@@ -10,6 +10,7 @@ greedy decodes are run twice in one process and compared token by token.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 
@@ -25,7 +26,7 @@ def main(argv=None):
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     from nla_repro.decoding import Decoding
-    from nla_repro.default_pair import materialize
+    from nla_repro.default_pair.materialize import materialize
     from nla_repro.pair import NLAPair
 
     from .base import load_base, spec_of
@@ -73,6 +74,8 @@ def main(argv=None):
         "random_gaussian_fve": float(1 - gm.mean() / V), "random_gaussian_failure_rate": 1 - len(gok) / len(gv),
         "ar_ceiling_fve": float(1 - ceil.mean() / V),
         "greedy_bit_identical_repeats": identical, "repeats": a.repeat,
+        "greedy_token_ids_sha256": hashlib.sha256(json.dumps([list(v.token_ids) for v in verbs]).encode()).hexdigest(),
+        "gold_sha256": hashlib.sha256(np.ascontiguousarray(gold).tobytes()).hexdigest(),
         "decode_seconds_per_run": t_dec, "score_seconds": t_score, "threads": torch.get_num_threads(),
         "total_seconds": time.time() - t0,
         "examples": [{"context_tail": evs.contexts[i][-120:], "av": verbs[i].text} for i in range(3)],
