@@ -428,8 +428,11 @@ def _provenance_section(exps: list[ExperimentResult], claims: list[ClaimResult])
     for r in [*exps, *claims]:
         if not r.provenance:
             continue
-        d = sha256_canonical(r.provenance)[:12]
-        fp, n = groups.get(d, (r.provenance, 0))
+        # group by the software/hardware environment only; checkpoints and code versions are per-result
+        # facts (shown in the experiments table), not environments
+        env = r.provenance.get("environment", r.provenance)
+        d = sha256_canonical(env)[:12]
+        fp, n = groups.get(d, (env, 0))
         groups[d] = (fp, n + 1)
     missing = sum(1 for r in [*exps, *claims] if not r.provenance)
     lines = ["## Provenance", ""]
