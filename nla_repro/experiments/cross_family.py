@@ -103,6 +103,44 @@ def aligned_gold(ctx, names, rows_ref, ref: str, split: str = "eval", n_for_eval
     return gold, err
 
 
+def matrix_summaries(names: list[str], fve: np.ndarray, figs: dict) -> dict:
+    """Seed 003's matrix vocabulary derived from the cells: `matrix.fve.<i>.<j>`, fraction of the
+    target's own ceiling `matrix.frac.<i>.<j>` = fve[i,j] / fve[j,j], per-target fraction lists
+    `matrix.frac.into_<j>`, row means over off-diagonal cells, worst off-diagonal cell, widest CI95
+    half-width, and the null list `matrix.null` (own denominator of the AR-side model throughout)."""
+    out: dict = {}
+    off, fracs, halfwidths = [], [], []
+    into: dict[str, list] = {short(j): [] for j in names}
+    for a, i in enumerate(names):
+        row = []
+        for b, j in enumerate(names):
+            key = f"{short(i)}.{short(j)}"
+            out[f"matrix.fve.{key}"] = float(fve[a, b])
+            if a == b:
+                continue
+            off.append(float(fve[a, b]))
+            row.append(float(fve[a, b]))
+            ci = figs.get(f"cross_family.ci.{key}")
+            if ci is not None:
+                halfwidths.append(max(fve[a, b] - ci[0], ci[1] - fve[a, b]))
+            if np.isfinite(fve[b, b]) and fve[b, b] != 0:
+                r = float(fve[a, b] / fve[b, b])
+                out[f"matrix.frac.{key}"] = r
+                fracs.append(r)
+                into[short(j)].append(r)
+        if row:
+            out[f"matrix.row_mean.{short(i)}"] = float(np.mean(row))
+    if off:
+        out["matrix.fve.off_diagonal_min"] = float(np.nanmin(off))
+    if fracs:
+        out["matrix.frac"] = fracs
+    if halfwidths:
+        out["matrix.ci_halfwidth"] = float(np.max(halfwidths))
+    out.update({f"matrix.frac.into_{j}": v for j, v in into.items() if v})
+    out["matrix.null"] = [figs[k] for k in sorted(figs) if k.startswith("cross_family.null.")]
+    return out
+
+
 @experiment(NAME, default_n=16, decoding="greedy(max_new=150)",
             denominator="own (rawvar V of the AR-side model's gold at the aligned positions)",
             failure_convention="TRAINING_DROP (override: options)", needs=("all_pairs",))
@@ -150,6 +188,7 @@ def cross_family(ctx, pair_name):
                 r = float(fve[a, b] / fve[b, b])
                 ratios.append(r)
                 figs[f"cross_family.ratio.{short(i)}.{short(j)}"] = r
+    figs.update(matrix_summaries(names, fve, figs))
     figs.update({
         "cross_family.null": nulls,
         "cross_family.real_minus_null": rmn,
