@@ -25,6 +25,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from .reconstruct import pad_right
+
 __all__ = [
     "SAMPLER_VERSION",
     "SamplerConfig",
@@ -208,16 +210,6 @@ def _input_device(model: torch.nn.Module) -> torch.device:
     return model.get_input_embeddings().weight.device
 
 
-def _right_padded(batch: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(ids) for ids in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, ids in enumerate(batch):
-        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        mask[row, : len(ids)] = 1
-    return input_ids.to(device), mask.to(device)
-
-
 def _plan(tokenizer, docs, cfg: SamplerConfig):
     """Tokenise and sample every document; returns ([(doc_id, ids, positions)], skipped ids)."""
     special = set(tokenizer.all_special_ids)
@@ -247,7 +239,8 @@ def extract_positions(model: torch.nn.Module, tokenizer, docs: Sequence[tuple[st
     vectors, doc_ids, positions, token_ids, contexts = [], [], [], [], []
     for start in range(0, len(planned), int(batch_size)):
         chunk = planned[start:start + int(batch_size)]
-        input_ids, mask = _right_padded([ids for _, ids, _ in chunk], pad_id, device)
+        input_ids, mask = pad_right([ids for _, ids, _ in chunk], pad_id)
+        input_ids, mask = input_ids.to(device), mask.to(device)
         hidden = extract_layer(model, input_ids, mask, layer_index)
         for row, (doc_id, ids, pos_list) in enumerate(chunk):
             index = torch.tensor(pos_list, dtype=torch.long, device=hidden.device)

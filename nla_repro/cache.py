@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from .assets import sha256_file
 from .provenance import library_versions
 
 __all__ = [
@@ -276,16 +277,9 @@ class CacheKey:
 # file and checkpoint hashing
 
 
-def hash_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
-    """sha256 hex of a file's bytes (streamed)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
+def hash_file(path: str | os.PathLike) -> str:
+    """sha256 hex of a file's bytes (streamed; one implementation for the whole package)."""
+    return sha256_file(path)
 
 
 _SKIP_DIRS = {".git", ".cache", "__pycache__"}

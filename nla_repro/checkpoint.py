@@ -73,6 +73,12 @@ def _load_model(path: Path, dtype, device, device_map, allowed_missing=()):
     return model.eval(), fam
 
 
+def _check_d_model(sc: Sidecar, fam: Family) -> None:
+    if fam.hidden_size != sc.d_model:
+        raise SidecarError(sc.path, "d_model", "disagrees with the model's hidden size",
+                           expected=fam.hidden_size, found=sc.d_model)
+
+
 @dataclass
 class AV:
     """The activation verbalizer. `model` is a CausalLM view usable with generate(inputs_embeds)."""
@@ -127,9 +133,7 @@ def load_av(path, *, dtype=torch.float32, device="cpu", device_map=None,
     if sc.role != "av":
         raise SidecarError(sc.path, "role", "this directory is not an AV", expected="av", found=sc.role)
     model, fam = _load_model(path, dtype, device, device_map, allowed_missing=("lm_head.weight",))
-    if fam.hidden_size != sc.d_model:
-        raise SidecarError(sc.path, "d_model", "disagrees with the model's hidden size",
-                           expected=fam.hidden_size, found=sc.d_model)
+    _check_d_model(sc, fam)
     tok = _load_tokenizer(path, padding_side="left")
     if check_tokenizer:
         check_sidecar_against_tokenizer(sc, tok)
@@ -177,9 +181,7 @@ def load_ar(path, *, dtype=torch.float32, device="cpu", device_map=None,
             f"{path}/config.json: num_hidden_layers={n_layers} but the sidecar says K={K}; the AR must "
             f"keep exactly K+1={K + 1} blocks (one layer off caps fve near 0.32, trap #2)")
     model, fam = _load_model(path, dtype, device, device_map, allowed_missing=AR_DISCARDED_SUFFIXES)
-    if fam.hidden_size != sc.d_model:
-        raise SidecarError(sc.path, "d_model", "disagrees with the model's hidden size",
-                           expected=fam.hidden_size, found=sc.d_model)
+    _check_d_model(sc, fam)
     backbone = text_decoder(model)
     # Final norm -> Identity (trap #11); lm_head is never called (we read the backbone directly).
     for name in ("norm", "final_layernorm", "ln_f"):

@@ -18,6 +18,7 @@ import numpy as np
 
 EXPLANATION_RE = re.compile(r"<explanation>(.*?)</explanation>", re.DOTALL)
 FAILED_MSE = 2.0
+AR_PROMPT_MAX_TOKENS = 300  # RL rollouts fail samples whose AR prompt is longer (rl.sh; default 512)
 
 
 class FailureConvention(str, enum.Enum):

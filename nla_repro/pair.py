@@ -11,7 +11,7 @@ import torch
 from . import metrics, sanity
 from .checkpoint import AR, AV, load_ar, load_av
 from .decoding import Decoding
-from .explanation import Accounted, FailureConvention, account, parse
+from .explanation import AR_PROMPT_MAX_TOKENS, Accounted, FailureConvention, Parsed, account, parse
 from .prompts import ar_prompt_ids, check_ar_matches_base_tokenizer
 from .sidecar import check_pair_sidecars
 from .verbalize import AVInputs, Verbalization, build_av_inputs, verbalize
@@ -85,23 +85,17 @@ class NLAPair:
         return metrics.mse_nrm(self.reconstruct(texts, batch_size, allow_empty=allow_empty), gold)
 
     # -- both
-    def round_trip(self, vectors, decoding: Decoding = Decoding(),
-                   convention: FailureConvention = FailureConvention.TRAINING_DROP,
-                   ar_max_tokens: int | None = 300, **verbalize_kw) -> RoundTrip:
-        """Verbalize `vectors`, parse, score against the same vectors under a named convention.
+    def score_verbalizations(self, verbs: list[Verbalization], gold,
+                             convention: FailureConvention = FailureConvention.TRAINING_DROP,
+                             ar_max_tokens: int | None = AR_PROMPT_MAX_TOKENS) -> tuple[Accounted, list[str | None]]:
+        """Parse decodes, score them against `gold` under a named failure convention.
 
-        Training convention also fails samples whose AR prompt exceeds `ar_max_tokens` (300 in RL).
+        Returns the accounting and, per sample, the text the AR read (None where nothing was scored).
+        The training convention also fails samples whose AR prompt exceeds `ar_max_tokens` (300 in RL).
         """
-        gold = np.asarray(vectors, dtype=np.float32)
-        findings = [sanity.warn(sanity.injection_scale_mismatch(self.av.sidecar.injection_scale, gold))]
-        verbs = self.verbalize(gold, decoding, **verbalize_kw)
-        texts = [v.text for v in verbs]
-        findings += [sanity.warn(sanity.degenerate_decodes(texts))]
-        if decoding.greedy:  # identical sampled outputs are legitimate at low entropy; greedy ones are not
-            findings += [sanity.warn(sanity.aliased_decodes(texts, gold))]
+        gold = np.asarray(gold, dtype=np.float32)
         parsed = [parse(v.text, v.truncated, convention) for v in verbs]
         if convention is FailureConvention.TRAINING_DROP and ar_max_tokens is not None:
-            from .explanation import Parsed
             for i, p in enumerate(parsed):
                 if p.text_for_ar is not None and len(ar_prompt_ids(self.ar.tokenizer, self.ar.sidecar,
                                                                    p.text_for_ar)) > ar_max_tokens:
@@ -111,8 +105,21 @@ class NLAPair:
         if idx:
             mse[idx] = self.score([parsed[i].text_for_ar for i in idx], gold[idx],
                                   allow_empty=convention is FailureConvention.CLIENT_RAW)
-        acc = account(mse, parsed, convention)
-        return RoundTrip(verbs, [p.text_for_ar for p in parsed], acc, decoding,
+        return account(mse, parsed, convention), [p.text_for_ar for p in parsed]
+
+    def round_trip(self, vectors, decoding: Decoding = Decoding(),
+                   convention: FailureConvention = FailureConvention.TRAINING_DROP,
+                   ar_max_tokens: int | None = AR_PROMPT_MAX_TOKENS, **verbalize_kw) -> RoundTrip:
+        """Verbalize `vectors` and score the decodes against the same vectors (see score_verbalizations)."""
+        gold = np.asarray(vectors, dtype=np.float32)
+        findings = [sanity.warn(sanity.injection_scale_mismatch(self.av.sidecar.injection_scale, gold))]
+        verbs = self.verbalize(gold, decoding, **verbalize_kw)
+        texts = [v.text for v in verbs]
+        findings += [sanity.warn(sanity.degenerate_decodes(texts))]
+        if decoding.greedy:  # identical sampled outputs are legitimate at low entropy; greedy ones are not
+            findings += [sanity.warn(sanity.aliased_decodes(texts, gold))]
+        acc, texts_for_ar = self.score_verbalizations(verbs, gold, convention, ar_max_tokens)
+        return RoundTrip(verbs, texts_for_ar, acc, decoding,
                          [f for f in findings if f is not None])
 
 

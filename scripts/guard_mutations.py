@@ -30,6 +30,8 @@ MUTATIONS = [
      "    if False:", "tests/test_traps.py::test_trap04_double_bos_on_av_prompt"),
     ("trap05 embed scale", "nla_repro/families.py", "    if abs(scale - want) > 5e-3 * want:", "    if False:",
      "tests/test_traps.py::test_trap05_gemma_sqrt_d_embedding_scale"),
+    ("trap25 embed scale tolerance", "nla_repro/families.py", "EMBED_SCALE_RTOL = 2.5e-3", "EMBED_SCALE_RTOL = 5e-3",
+     "tests/test_traps.py::test_trap25_bf16_embed_scale_accepted_other_scales_refused"),
     ("trap10 missing weights", "nla_repro/checkpoint.py", "    if missing:\n        raise CheckpointError",
      "    if False:\n        raise CheckpointError", "tests/test_traps.py::test_trap10_wrong_class_leaves_random_weights"),
     ("trap11 value head shape", "nla_repro/checkpoint.py", "    if tuple(w.shape) != (d_model, d_model):",

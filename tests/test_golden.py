@@ -19,7 +19,6 @@ Regenerate deliberately with ``pytest tests/test_golden.py --snapshot-update`` a
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -30,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import nla_repro
 from nla_repro import golden
 from nla_repro.golden import GoldenExtension, Tolerance, golden_extension
 
@@ -242,31 +240,7 @@ def test_fixture_greedy_decodes_and_scores(loaded_pair, family, snapshot):
 
 # --------------------------------------------------------------------------- (5) default pair
 
-DELTAS_DIR = Path(nla_repro.__file__).resolve().parent / "default_pair" / "deltas"
-
-
-def default_pair_unavailable() -> str | None:
-    """Why the embedded default pair cannot be snapshotted yet (None when it can)."""
-    try:
-        spec = importlib.util.find_spec("nla_repro.default_pair.materialize")
-    except (ImportError, ValueError) as e:
-        spec, err = None, f" ({e})"
-    else:
-        err = ""
-    if spec is None:
-        return ("nla_repro.default_pair.materialize does not exist yet" + err +
-                ": the embedded default pair is not built; this golden test is activated once it is")
-    files = [p for p in DELTAS_DIR.rglob("*") if p.is_file()] if DELTAS_DIR.is_dir() else []
-    if not files:
-        return (f"no trained deltas under {DELTAS_DIR.relative_to(DELTAS_DIR.parents[2])}/ "
-                "(the default pair has not been trained/embedded yet)")
-    return None
-
-
 def test_default_pair_greedy_decodes_and_scores(snapshot):
-    reason = default_pair_unavailable()
-    if reason:
-        pytest.skip(reason)
     from nla_repro import FailureConvention, load_pair
     from nla_repro.decoding import Decoding
     from nla_repro.default_pair.materialize import materialize

@@ -1,10 +1,8 @@
 """The nla_meta.yaml contract: parsing, every-field validation, and checks against a live tokenizer."""
 
-import copy
 import math
 
 import pytest
-import yaml
 
 from nla_repro.prompts import (PromptError, ar_prompt_ids, av_prompt_ids, chat_ids,
                                check_sidecar_against_tokenizer, find_injection_position)

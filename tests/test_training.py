@@ -1,5 +1,5 @@
-"""Training pipeline pieces of the default pair (nla_repro.training): warm-start generator, keyed
-position sampler, LoRA maths, rawvar, and a CPU smoke step that must lower the AR loss."""
+"""Training pipeline pieces of the default pair (nla_repro.training): warm-start generator,
+LoRA maths, and a CPU smoke step that must lower the AR loss."""
 from __future__ import annotations
 
 import re
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from nla_repro.training import lora as L
-from nla_repro.training.data import Stage0, rawvar, sample_positions
+from nla_repro.training.data import Stage0
 from nla_repro.training.warmstart import (WarmStartInput, explain, kind_of, quote_tail, salient_words,
                                           token_type, wrap)
 
@@ -76,35 +76,7 @@ def test_explanations_stay_short_and_wrap():
     assert re.search(r"<explanation>(.*?)</explanation>", w, re.S).group(1).strip() == e
 
 
-# ------------------------------------------------------------------------------------------ positions
-def test_sample_positions_keyed_and_filtered():
-    ids = list(range(100, 400))
-    ids[70] = 2  # special
-    a = sample_positions("corpus:doc-1", ids, {0, 1, 2}, 8)
-    assert a == sample_positions("corpus:doc-1", ids, {0, 1, 2}, 8)
-    assert a != sample_positions("corpus:doc-2", ids, {0, 1, 2}, 8)
-    assert len(a) == 8 and len(set(a)) == 8 and min(a) >= 50 and 70 not in a
-    assert sample_positions("d", ids[:50], set(), 8) == []
-
-
-def test_sample_positions_match_project_sampler():
-    act = pytest.importorskip("nla_repro.activations")
-    ids = list(range(1000, 1300))
-    for doc in ("wiki_lead:Paris", "chitchat:abc", "recipe:Cookbook:Soup"):
-        assert sample_positions(doc, ids, {1000 + 60}, 7) == act.sample_positions(
-            ids, doc, seed=42, n=7, min_position=50, special_ids=[1000 + 60])
-
-
 # ------------------------------------------------------------------------------------------ maths
-def test_rawvar_matches_closed_form():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(500, 16)) + 2.0
-    V = rawvar(x.astype(np.float32), scale=4.0)
-    u = x / np.linalg.norm(x, axis=1, keepdims=True)
-    m2 = float((u.mean(0) ** 2).sum())
-    assert V == pytest.approx(1 - m2, rel=1e-9)  # rawvar = 1 - ||mean unit vector||^2 (scale-free)
-
-
 def test_lora_zero_init_is_identity_and_merge_is_exact():
     torch.manual_seed(0)
     lin = torch.nn.Linear(12, 7, bias=False)

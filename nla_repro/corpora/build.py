@@ -24,7 +24,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .sources import SOURCES, RawDoc, iter_raw_documents, normalise_text, render_chat
+from .sources import RawDoc, iter_raw_documents, normalise_text, render_chat
 
 SPLIT_SEED = "nla-repro-corpora-v1"
 TRUNCATE_CHARS = 1500

@@ -8,7 +8,6 @@ never holds an unverified or half-written file under its final name.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -17,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable
 
+from ..assets import sha256_file
 from .sources import SOURCES, SourceSpec, available_sources
 
 CACHE_ENV = "NLA_REPRO_CACHE"
@@ -39,14 +39,6 @@ def cache_dir() -> Path:
     """``$NLA_REPRO_CACHE`` if set, else ``~/.cache/nla-repro/corpora``."""
     env = os.environ.get(CACHE_ENV)
     return Path(env).expanduser() if env else Path.home() / ".cache" / "nla-repro" / "corpora"
-
-
-def sha256_file(path: Path | str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_sha256(path: Path | str, expected: str, package: str) -> None:

@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from ..assets import sha256_file
+
 DELTAS_DIR = Path(__file__).resolve().parent / "deltas"
 FAMILIES_SHIPPED = ("smollm2",)
 MATERIALIZE_VERSION = "3"   # bump when the written layout changes (part of the cache key)
@@ -51,14 +53,6 @@ def cache_root() -> Path:
     return Path(base) / "default_pairs"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for b in iter(lambda: f.read(1 << 20), b""):
-            h.update(b)
-    return h.hexdigest()
-
-
 def load_manifest(family: str) -> dict:
     if family not in FAMILIES_SHIPPED:
         raise MaterializeError(f"no trained default pair for family {family!r}; shipped: {list(FAMILIES_SHIPPED)}")
@@ -75,7 +69,7 @@ def verify_deltas(family: str, manifest: dict | None = None) -> dict:
         p = DELTAS_DIR / family / ent["file"]
         if not p.is_file():
             raise MaterializeError(f"{p}: delta file missing")
-        got = _sha256(p)
+        got = sha256_file(p)
         if got != ent["sha256"]:
             raise MaterializeError(f"{p}: sha256 mismatch: manifest says {ent['sha256']}, file is {got}")
     return m
@@ -168,7 +162,7 @@ def build(family: str, dest: Path, manifest: dict, gguf: str | os.PathLike | Non
     K = int(sc["extraction_layer_index"])
     fam_dir = DELTAS_DIR / family
     path = gguf_path(family, gguf)
-    if _sha256(path) != manifest["base"]["sha256"]:
+    if sha256_file(path) != manifest["base"]["sha256"]:
         raise MaterializeError(f"{path}: base GGUF sha256 differs from the manifest's {manifest['base']['sha256']}")
     tok, model = load_base(family, path, verify=False)
     prompt = build_av_prompt(tok, sc["injection_char"])

@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import metrics
 from .base import experiment
-from .corroboration import decoding_for, convention_of, decode, score_parsed
+from .corroboration import decoding_for, convention_of, decode
 from .runner import params, resolve_n
 
 NAME = "adjacent_layers"
@@ -40,7 +40,7 @@ def adjacent_layers(ctx, pair_name):
 
     def round_trip(vectors):
         verbs = decode(pair, vectors, decoding_for(ctx, NAME), batch_size=int(p["batch_size"]))
-        acc, _ = score_parsed(pair, verbs, vectors, conv)
+        acc, _ = pair.score_verbalizations(verbs, vectors, conv)
         return acc, verbs
 
     acc_k, verbs_k = round_trip(es.vectors)

@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import metrics
 from .base import experiment
-from .corroboration import decoding_for, convention_of, decode, score_parsed, tag_failure_rate, train_denominator
+from .corroboration import decoding_for, convention_of, decode, tag_failure_rate, train_denominator
 from .runner import eval_rows, params
 
 NAME = "best_of_n"
@@ -51,11 +51,11 @@ def best_of_n(ctx, pair_name):
     for s in range(nmax):
         verbs = decode(pair, gold, decoding_for(ctx, NAME, greedy=False, temperature=1.0, top_p=1.0, top_k=0, seed=s),
                        batch_size=int(p["batch_size"]))
-        acc, _ = score_parsed(pair, verbs, gold, conv)
+        acc, _ = pair.score_verbalizations(verbs, gold, conv)
         mse[:, s] = acc.mse
         all_verbs += verbs
     gverbs = decode(pair, gold, decoding_for(ctx, NAME), batch_size=int(p["batch_size"]))
-    gacc, _ = score_parsed(pair, gverbs, gold, conv)
+    gacc, _ = pair.score_verbalizations(gverbs, gold, conv)
     g = gacc.mse[~np.isnan(gacc.mse)]
     fve_greedy = metrics.fve_nrm(g, den) if g.size else float("nan")
     figs, seq = {}, []

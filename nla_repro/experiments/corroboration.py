@@ -1,7 +1,7 @@
 """Corroboration (seeds 000 §1, 001 §1): greedy round trip of held-out vectors, every convention named.
 
 Also holds the decode/score helpers the other experiment modules share (:func:`decode`,
-:func:`score_parsed`, :func:`convention_of`, :func:`train_denominator`).
+:func:`convention_of`, :func:`train_denominator`).
 
 Figures (flat keys, registry ``figure`` names):
   fve_nrm.train / .own / .meannorm / .per_vector      ratio of means; per_vector = mean(2cos-1)
@@ -22,12 +22,11 @@ import numpy as np
 
 from .. import metrics
 from ..decoding import Decoding
-from ..explanation import FailureConvention, account, parse
+from ..explanation import AR_PROMPT_MAX_TOKENS, FailureConvention, parse
 from .base import experiment
-from .runner import eval_rows, params, resolve_n
+from .runner import eval_rows, params
 
 NAME = "corroboration"
-AR_MAX_TOKENS = 300  # the RL rollout's AR prompt cap (training convention)
 
 
 def convention_of(ctx, name: str, default: str = "training_drop") -> FailureConvention:
@@ -56,26 +55,6 @@ def train_denominator(handle, pair=None) -> tuple[float | None, str]:
 
 def decode(pair, vectors, decoding: Decoding = Decoding(), *, batch_size: int = 16, **kw):
     return pair.verbalize(np.asarray(vectors, dtype=np.float32), decoding, batch_size=batch_size, **kw)
-
-
-def score_parsed(pair, verbs, gold, convention: FailureConvention, ar_max_tokens: int | None = AR_MAX_TOKENS):
-    """(Accounted, texts) for verbalizations under a failure convention (mirrors NLAPair.round_trip)."""
-    from ..explanation import Parsed
-    from ..prompts import ar_prompt_ids
-
-    gold = np.asarray(gold, dtype=np.float32)
-    parsed = [parse(v.text, v.truncated, convention) for v in verbs]
-    if convention is FailureConvention.TRAINING_DROP and ar_max_tokens is not None:
-        for i, p in enumerate(parsed):
-            if p.text_for_ar is not None and len(ar_prompt_ids(pair.ar.tokenizer, pair.ar.sidecar,
-                                                               p.text_for_ar)) > ar_max_tokens:
-                parsed[i] = Parsed(None, True, "ar_prompt_too_long")
-    mse = np.full(len(parsed), np.nan)
-    idx = [i for i, p in enumerate(parsed) if p.text_for_ar is not None]
-    if idx:
-        mse[idx] = pair.score([parsed[i].text_for_ar for i in idx], gold[idx],
-                              allow_empty=convention is FailureConvention.CLIENT_RAW)
-    return account(mse, parsed, convention), [p.text_for_ar for p in parsed]
 
 
 def tag_failure_rate(verbs) -> float:
@@ -115,7 +94,7 @@ def corroboration(ctx, pair_name):
     conv = convention_of(ctx, NAME)
     dec = decoding_for(ctx, NAME)
     verbs = decode(pair, gold, dec, batch_size=int(p["batch_size"]))
-    acc, texts = score_parsed(pair, verbs, gold, conv)
+    acc, texts = pair.score_verbalizations(verbs, gold, conv)
     v_train, src = train_denominator(handle, pair)
     v_own = metrics.variance_baseline(gold)
     m_own = metrics.meannorm_baseline(gold)
@@ -136,7 +115,7 @@ def corroboration(ctx, pair_name):
     # other conventions on the same decodes
     other = {}
     for c in (FailureConvention.REWARD_CHARGE_2, FailureConvention.CLIENT_RAW):
-        a2, _ = score_parsed(pair, verbs, gold, c) if c is not conv else (acc, texts)
+        a2, _ = pair.score_verbalizations(verbs, gold, c) if c is not conv else (acc, texts)
         other[c.value] = _fve(a2.mse, v_train)
     null_shuf = _fve(shuffled_null_mse(pair, texts, gold), v_own)
     # predict-the-mean: constant prediction = mean unit direction of the eval gold
@@ -181,10 +160,10 @@ def corroboration(ctx, pair_name):
         g = rng.standard_normal(gold.shape).astype(np.float32)
         g *= (np.linalg.norm(gold, axis=1, keepdims=True) / np.linalg.norm(g, axis=1, keepdims=True))
         gverbs = decode(pair, g, dec, batch_size=int(p["batch_size"]))
-        gacc, _ = score_parsed(pair, gverbs, g, conv)
+        gacc, _ = pair.score_verbalizations(gverbs, g, conv)
         figs["null.gaussian.fve_own"] = _fve(gacc.mse, metrics.variance_baseline(g))
         figs["null.gaussian.tag_failure_rate"] = tag_failure_rate(gverbs)
     return {**figs, "_n": len(gold),
             "_conventions": {"failure_convention": conv.name},
             "_protocol": {"train_denominator_source": src, "eval_set": es.name, "manifest_hash": es.manifest_hash,
-                          "ar_max_tokens": AR_MAX_TOKENS, "decoding": dec.name, "null": "explanations rolled by one (derangement)"}}
+                          "ar_max_tokens": AR_PROMPT_MAX_TOKENS, "decoding": dec.name, "null": "explanations rolled by one (derangement)"}}

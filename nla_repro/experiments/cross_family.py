@@ -23,7 +23,7 @@ import numpy as np
 from .. import metrics
 from ..activations import align_positions, extract_layer, mean_alignment_error, tokenize_document
 from .base import experiment
-from .corroboration import decoding_for, convention_of, decode, score_parsed, shuffled_null_mse, tag_failure_rate
+from .corroboration import decoding_for, convention_of, decode, shuffled_null_mse, tag_failure_rate
 from .runner import params, resolve_n
 
 NAME = "cross_family"
@@ -157,7 +157,7 @@ def cross_family(ctx, pair_name):
     texts, tfr = {}, {}
     for i in names:
         verbs = decode(pairs[i], gold[i], decoding_for(ctx, NAME), batch_size=int(p["batch_size"]))
-        _, texts[i] = score_parsed(pairs[i], verbs, gold[i], conv)
+        _, texts[i] = pairs[i].score_verbalizations(verbs, gold[i], conv)
         tfr[i] = tag_failure_rate(verbs)
     figs = {}
     fve = np.full((len(names), len(names)), np.nan)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import experiment
-from .corroboration import decoding_for, convention_of, decode, score_parsed
+from .corroboration import decoding_for, convention_of, decode
 from .runner import eval_rows, params
 
 NAME = "greedy_reproducibility"
@@ -36,7 +36,7 @@ def greedy_reproducibility(ctx, pair_name):
     runs, verbs_runs = [], []
     for _ in range(2):
         verbs = decode(pair, es.vectors, decoding_for(ctx, NAME), batch_size=bs)
-        acc, _ = score_parsed(pair, verbs, es.vectors, conv)
+        acc, _ = pair.score_verbalizations(verbs, es.vectors, conv)
         runs.append(_nmse(acc))
         verbs_runs.append(verbs)
     needle = min(len(es) - 1, bs // 2)

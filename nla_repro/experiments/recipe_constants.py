@@ -23,12 +23,12 @@ def harness_defaults() -> dict:
     from ..decoding import Decoding
     from ..metrics import TRAIN_BASELINE_ROWS
     from ..reconstruct import PREFLIGHT_TOLERANCE, STEP0_RATIO_TOLERANCE
-    from .corroboration import AR_MAX_TOKENS
+    from ..explanation import AR_PROMPT_MAX_TOKENS
 
     return {
         "recipe.min_position": SamplerConfig().min_position,
         "recipe.positions_per_doc": SamplerConfig().n_per_doc,
-        "recipe.ar_prompt_cap": AR_MAX_TOKENS,
+        "recipe.ar_prompt_cap": AR_PROMPT_MAX_TOKENS,
         "recipe.max_new_tokens": Decoding().max_new_tokens,
         "recipe.bf16_threshold": BF16_TRANSPORT_MAX_INJECTION_SCALE,
         "recipe.baseline_rows": TRAIN_BASELINE_ROWS,

@@ -1,29 +1,18 @@
 """Locate, verify and load the PyPI-shipped GGUF base models (never importing the model packages)."""
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 from pathlib import Path
 
 import torch
 
+from ..assets import sha256_file
 from .config import FAMILIES, FamilySpec
 
 
 class BaseModelError(RuntimeError):
     """The base model file is missing or does not match its pinned checksum."""
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
 
 
 def spec_of(family: str) -> FamilySpec:

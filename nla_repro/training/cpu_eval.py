@@ -31,7 +31,8 @@ def main(argv=None):
 
     from .base import load_base, spec_of
     from .data import extract, load_docs
-    from .models import extract_explanation, mse_nrm_np
+    from ..explanation import extract_explanation
+    from ..metrics import mse_nrm
     from .warmstart import WarmStartInput, explain
 
     t0 = time.time()
@@ -54,7 +55,7 @@ def main(argv=None):
     t2 = time.time()
     mse = pair.score([expl[i] for i in ok], gold[ok])
     t_score = time.time() - t2
-    rolled = mse_nrm_np(np.roll(pair.reconstruct([expl[i] for i in ok]), 1, axis=0), gold[ok])
+    rolled = mse_nrm(np.roll(pair.reconstruct([expl[i] for i in ok]), 1, axis=0), gold[ok])
     ceil_txt = [explain(WarmStartInput(evs.contexts[i], evs.final_tokens[i], evs.sources[i], evs.next_tokens[i]))
                 for i in range(len(evs))]
     ceil = pair.score(ceil_txt, gold)

@@ -4,13 +4,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..activations import sample_positions
 from .warmstart import WarmStartInput, explain
 
 MIN_POSITION = 50
@@ -41,17 +41,6 @@ def load_docs(split: str, limit: int | None = None) -> list[Doc]:
             o = json.loads(line)
             docs.append(Doc(o["id"], o["source"], o["text"]))
     return docs[:limit] if limit is not None else docs
-
-
-def sample_positions(doc_id: str, ids: list[int], special_ids: set[int], n: int, *, seed: int = 42,
-                     min_position: int = MIN_POSITION) -> list[int]:
-    """Recipe §5: fresh ``random.Random(sha256(f"{seed}|{doc_id}").digest())``, candidates = indices
-    >= min_position whose token is not special, ``rng.sample(candidates, min(n, len))`` in sample order."""
-    rng = random.Random(hashlib.sha256(f"{seed}|{doc_id}".encode()).digest())
-    cand = [i for i in range(min_position, len(ids)) if ids[i] not in special_ids]
-    if not cand:
-        return []
-    return rng.sample(cand, k=min(n, len(cand)))
 
 
 @dataclass
@@ -91,7 +80,8 @@ def extract(model, tok, docs: list[Doc], *, layer: int, positions_per_doc: int, 
     total = 0
     for d in docs:
         ids = tok(d.text, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
-        pos = sample_positions(d.id, ids, special, positions_per_doc, seed=seed, min_position=min_position)
+        pos = sample_positions(ids, d.id, seed=seed, n=positions_per_doc, min_position=min_position,
+                               special_ids=special)
         if not pos:
             continue
         todo.append((d, ids, pos))
@@ -148,15 +138,6 @@ def extract(model, tok, docs: list[Doc], *, layer: int, positions_per_doc: int, 
                   np.stack([out["vectors"][i] for i in perm]).astype(np.float32),
                   [out["contexts"][i] for i in perm], [out["final"][i] for i in perm],
                   [out["next"][i] for i in perm], expl)
-
-
-def rawvar(vectors: np.ndarray, scale: float, rows: int = 50000) -> float:
-    """Recipe §4.2 rawvar V: population variance over all N*d elements of n_i = s*x_i/||x_i|| (first
-    ``rows`` rows, file order), computed in float64."""
-    x = np.asarray(vectors[:rows], dtype=np.float64)
-    n = scale * x / np.linalg.norm(x, axis=1, keepdims=True)
-    mu = n.mean(axis=0, keepdims=True)
-    return float(((n - mu) ** 2).mean())
 
 
 def doc_bucket(doc_id: str, salt: str = "default-pair-v1") -> float:

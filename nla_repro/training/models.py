@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import re
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -11,16 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..explanation import extract_explanation
+from ..reconstruct import pad_right
 from .config import AR_TEMPLATE, AV_TEMPLATE
-
-EXPLANATION_RE = re.compile(r"<explanation>(.*?)</explanation>", re.DOTALL)
-
-
-def extract_explanation(text: str) -> str | None:
-    """Training convention (recipe §2.8): first DOTALL match, stripped; None on a miss."""
-    m = EXPLANATION_RE.search(text)
-    return m.group(1).strip() if m else None
-
 
 def autocast(device: str, enabled: bool = True):
     if device.startswith("cuda") and enabled:
@@ -66,30 +58,11 @@ def ar_ids(tok, explanation: str) -> list[int]:
     return list(tok(ar_prompt(explanation), add_special_tokens=True)["input_ids"])
 
 
-def pad_right(seqs: list[list[int]], pad: int):
-    L = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), L), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), L), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, :len(s)] = 1
-    return ids, mask
-
-
 def mse_nrm_torch(pred: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
     """2(1 - cos) per row, fp32 (scale-free training loss)."""
     p = F.normalize(pred.float(), dim=-1, eps=1e-12)
     g = F.normalize(gold.float(), dim=-1, eps=1e-12)
     return ((p - g) ** 2).sum(-1)
-
-
-def mse_nrm_np(pred: np.ndarray, gold: np.ndarray) -> np.ndarray:
-    """Per-sample mse_nrm = ||p/|p| - x/|x|||^2 (= mean over d of (s p^ - s x^)^2 with s = sqrt d), fp64."""
-    p = np.asarray(pred, np.float64)
-    g = np.asarray(gold, np.float64)
-    p = p / np.linalg.norm(p, axis=1, keepdims=True)
-    g = g / np.linalg.norm(g, axis=1, keepdims=True)
-    return ((p - g) ** 2).sum(1)
 
 
 @torch.no_grad()

@@ -12,23 +12,22 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from ..metrics import mse_nrm, variance_baseline
 from . import lora as L
 from .base import gguf_path, load_base, spec_of
 from .config import LORA_TARGETS, TrainConfig, smoke_config
-from .data import Stage0, doc_bucket, extract, load_docs, rawvar
-from .models import (ARModel, ar_ids, ar_predict, av_target_ids, build_av_prompt, generate, mse_nrm_np,
-                     mse_nrm_torch, pad_right, autocast, token_logprobs, av_embeds)
+from .data import Stage0, doc_bucket, extract, load_docs
+from .models import (ARModel, ar_ids, ar_predict, av_target_ids, build_av_prompt, generate,
+                     mse_nrm_torch, pad_right, autocast, token_logprobs)
 
 T0 = time.time()
 LOG = None
@@ -87,7 +86,7 @@ def stage_data(cfg: TrainConfig, spec, base, tok, device, smoke: bool) -> dict:
     ev_kw = dict(kw, positions_per_doc=min(2, cfg.positions_per_doc))
     evs = extract(ext_model, tok, ev_docs, max_vectors=cfg.max_eval_vectors, **ev_kw)
     del ext_model
-    V = rawvar(train.vectors, spec.mse_scale, cfg.rawvar_rows)
+    V = variance_baseline(train.vectors, max_rows=cfg.rawvar_rows)
     norms = np.linalg.norm(train.vectors, axis=1)
     scale = nice_scale(float(norms.mean()))
     log(f"stage0: train {len(train)} vectors, eval {len(evs)}; V(rawvar)={V:.5f}; norm mean {norms.mean():.2f} "
@@ -193,7 +192,7 @@ def evaluate(tag, cfg, av, ar, tok, prompt, data: Stage0, device, scale, V, samp
         expl = [smp[i].explanation for i in ok]
         pred = ar_predict(ar, tok, expl, device=device)
         gold = data.vectors[ok]
-        mse = mse_nrm_np(pred, gold)
+        mse = mse_nrm(pred, gold)
         res.update(mse_nrm_mean=float(mse.mean()), mse_nrm_median=float(np.median(mse)),
                    fve_nrm=float(1 - mse.mean() / V), fve_nrm_median=float(1 - np.median(mse) / V),
                    frac_fve_gt_0_5=float(np.mean(1 - mse / V > 0.5)), frac_fve_lt_0=float(np.mean(1 - mse / V < 0)))
@@ -201,7 +200,7 @@ def evaluate(tag, cfg, av, ar, tok, prompt, data: Stage0, device, scale, V, samp
         charged[ok] = mse
         res["fve_nrm_failures_charged_2"] = float(1 - charged.mean() / V)
         # shuffled-pair null: explanation of sample i+1 scored against gold i
-        rolled = mse_nrm_np(np.roll(pred, 1, axis=0), gold)
+        rolled = mse_nrm(np.roll(pred, 1, axis=0), gold)
         res["shuffled_null_fve"] = float(1 - rolled.mean() / V)
     # random Gaussian, L2-matched to each gold vector, through the AV then the AR, scored against itself
     g = torch.Generator().manual_seed(1234)
@@ -212,11 +211,11 @@ def evaluate(tag, cfg, av, ar, tok, prompt, data: Stage0, device, scale, V, samp
     gok = [i for i, s in enumerate(gs) if s.explanation is not None and not s.truncated]
     if gok:
         gp = ar_predict(ar, tok, [gs[i].explanation for i in gok], device=device)
-        res["random_gaussian_fve"] = float(1 - mse_nrm_np(gp, gauss.numpy()[gok]).mean() / V)
+        res["random_gaussian_fve"] = float(1 - mse_nrm(gp, gauss.numpy()[gok]).mean() / V)
         res["random_gaussian_failure_rate"] = 1 - len(gok) / len(gs)
     # AR ceiling: warm-start explanations written from the true context
     cp = ar_predict(ar, tok, data.explanations, device=device)
-    res["ar_ceiling_fve"] = float(1 - mse_nrm_np(cp, data.vectors).mean() / V)
+    res["ar_ceiling_fve"] = float(1 - mse_nrm(cp, data.vectors).mean() / V)
     res["eval_seconds"] = time.time() - t
     log(f"eval[{tag}]: " + json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()}))
     if samples_path:
@@ -262,7 +261,7 @@ def rl_loop(cfg, av, ar, tok, prompt, data: Stage0, idx, device, scale, V, deadl
         rew = np.full(len(smp), cfg.failure_reward, np.float64)
         if ok:
             pred = ar_predict(ar, tok, [smp[i].explanation for i in ok], device=device, batch=512)
-            rew[ok] = -mse_nrm_np(pred, gold[ok])
+            rew[ok] = -mse_nrm(pred, gold[ok])
         # AV policy update
         if step >= cfg.rl_critic_warmup:
             av.train()
