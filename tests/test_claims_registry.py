@@ -190,8 +190,8 @@ def test_eq_printed_pass_and_fail():
 
 
 def test_eq_printed_keeps_trailing_zeros():
-    c = _c("recipe-qwen-train-denom")
-    assert c.form.printed == "0.7335"
+    c = _c("recipe-qwen-mse-scale")
+    assert c.form.printed == "59.86652" and c.tolerance == pytest.approx(0.000005)
     c2 = _c("s001-l41-nmse")  # printed "0.013"
     assert c2.tolerance == pytest.approx(0.0005)
     assert judge(c2, 0.0130).status == "pass"

@@ -124,6 +124,17 @@ def test_figures_present_and_finite(world, name):
         assert r.conventions[c]
 
 
+@pytest.mark.parametrize("name", sorted(REQUIRED) + sorted(ALL_PAIRS_REQUIRED))
+def test_figure_declaration_matches_a_real_run(world, name):
+    """nla_repro.claims.figures.FIGURES[name] is what the experiment emits: every key of the run declared,
+    every declared alternative emitted (the registry test checks claims against the declaration)."""
+    from nla_repro.claims.figures import undeclared, unexercised
+
+    r = _run(world, name, all_pairs_label(world["ctx"]) if name in ALL_PAIRS_REQUIRED else "llama")
+    assert not undeclared(name, r.figures), undeclared(name, r.figures)
+    assert not unexercised(name, r.figures), unexercised(name, r.figures)
+
+
 def test_experiment_semantics(world):
     corr = _run(world, "corroboration", "llama").figures
     assert corr["null.predict_mean.fve_own"] <= 1e-12          # predicting the mean can never beat V
@@ -137,6 +148,25 @@ def test_experiment_semantics(world):
     adj = _run(world, "adjacent_layers", "llama").figures
     assert 0 < adj["adjacent.L1.cos"] < 1 and 0 < adj["adjacent.L3.cos"] < 1
     assert len(adj["adjacent.raw_norms"]) == 3
+    assert var["norm.raw_median"] > 0 and var["norm.raw_mean"] > 0
+    rc = _run(world, "recipe_constants", "llama").figures
+    import json
+    av_layers = json.loads((world["pairs"]["llama"].av / "config.json").read_text())["num_hidden_layers"]
+    assert rc["recipe.base_layers"] == av_layers
+    assert rc["recipe.gold_hidden_states_index"] == rc["recipe.layer_index"] + 1
+    assert rc["recipe.depth_pct"] == pytest.approx(100 * rc["recipe.layer_index"] / av_layers)
+    assert rc["recipe.injection_token"][1] == rc["recipe.injection_token_id"]
+
+
+def test_bf16_spacing():
+    from nla_repro.experiments.recipe_constants import bf16_spacing
+
+    import torch
+    for x in (30.0, 150.0, 32768.0, 60000.0, 65280.0, 80000.0, 0.75):  # inside one binade once rounded
+        b = torch.tensor(x, dtype=torch.bfloat16)
+        up = torch.nextafter(b, torch.tensor(float("inf"), dtype=torch.bfloat16))
+        assert bf16_spacing(x) == float(up) - float(b), x           # the gap above x in bfloat16
+    assert bf16_spacing(60000) == 256.0                               # recipe §7.1: Gemma-27B resolution
 
 
 @pytest.mark.parametrize("name", sorted(ALL_PAIRS_REQUIRED))
@@ -151,6 +181,16 @@ def test_all_pairs_experiments(world, name):
             for b in ("llama", "qwen2"):
                 assert math.isfinite(r.figures[f"cross_family.fve.{a}.{b}"])
         assert r.figures["transfer_matrix"]["sources"] == ["llama", "qwen2"]
+        rates = [r.figures[f"cross_family.tag_failure_rate.{q}"] for q in ("llama", "qwen2")]
+        assert r.figures["matrix.tag_failure_rate"] == pytest.approx(np.mean(rates))  # equal decodes per AV
+        # both fixtures share the SmolLM2 tokenizer: aligned = reference positions, all >= stage-0's 50
+        assert r.figures["matrix.left_context.min"] >= SAMPLER.min_position
+        assert r.figures["matrix.left_context.n_below_50"] == 0
+        best = r.figures["matrix.items.selected"]["best"]
+        assert best is not None and best["id"].rsplit("#", 1)[0] in world["ctx"].pairs["llama"].eval_set(6).doc_ids
+        cells = [r.figures[f"matrix.items.{k}.{a}.{b}"] for k in ("best", "typical")
+                 for a in ("llama", "qwen2") for b in ("llama", "qwen2")]
+        assert np.mean(cells[:4]) >= np.mean(cells[4:])                        # best item beats the median one
 
 
 def test_runner_serves_second_call_from_cache(world):
@@ -190,7 +230,7 @@ def test_broken_alignment_lowers_ridge(world):
     for d in load_documents("train", limit=40):
         ids = tokenize_document(tok, d.text, SAMPLER.max_length)
         rows += [(d.id, p) for p in sample_positions(ids, d.id, n=4, min_position=50, special_ids=tok.all_special_ids)]
-    gold, _ = aligned_gold(ctx, ["llama", "qwen2"], rows, "llama", split="train")
+    gold, _, _ = aligned_gold(ctx, ["llama", "qwen2"], rows, "llama", split="train")
     X, Y = metrics.unit_rows(gold["llama"]), metrics.unit_rows(gold["qwen2"])
     half = len(X) // 2
     ok_model, _ = fit_with_internal_alpha(X[:half], Y[:half])

@@ -17,6 +17,9 @@ run_experiment` (once per (experiment, pair set) per session; across sessions th
 :func:`nla_repro.claims.judge`, and returns a :class:`~nla_repro.results.ClaimResult` stored in the results
 cache (step ``claim-result``) so ``nla-repro report`` renders it. For a per-pair experiment and a claim
 scoped to several pairs, the measured value is the list of the figure on each scope pair, in scope order.
+A figure the experiment does not emit itself is derived across the scope pairs by
+:func:`nla_repro.claims.aggregate.derive` (argmax over pairs, trajectories, ratios, matrix reads); a figure
+nothing measures yet errors with the reason from :data:`nla_repro.claims.figures.UNMEASURED`.
 
 ``ClaimResult.measured`` must be one number; when the judged value is a sequence the record shows a
 summary (named in ``protocol_note`` and the message, which also prints the full value):
@@ -36,6 +39,8 @@ import numpy as np
 
 from ..cache import MODEL_INDEPENDENT, hash_checkpoint_dir
 from ..results import ClaimResult, ExperimentResult, records_payload
+from .aggregate import MissingFigure, derive, is_derived
+from .figures import UNMEASURED
 from .judge import Verdict, judge
 from .schema import RELEASED_PAIRS, Claim
 
@@ -301,10 +306,6 @@ class ClaimRunner:
                 raise v
             return v
         try:
-            if self.backend != "hf":
-                raise NotImplementedError(
-                    f"--backend {self.backend}: the experiment runner decodes with the HF reference backend "
-                    f"only; running claims on {self.backend} is not wired in (use --backend hf)")
             handles = self.pairs.handles(sorted(names))
             ctx = ExperimentContext(pairs=handles, eval_size=self.eval_size, refresh=self.refresh,
                                     cache=self.cache, options=self.options)
@@ -345,17 +346,10 @@ class ClaimRunner:
             cr = self._error(case, [], f"experiment {c.experiment!r} on {case.pair} raised "
                                        f"{type(e).__name__}: {e}")
             return self._store(case, cr)
-        values = []
-        for r in results:
-            if c.figure not in r.figures:
-                have = sorted(r.figures)
-                near = [k for k in have if k.split(".")[0] == c.figure.split(".")[0]][:12]
-                cr = self._error(case, results,
-                                 f"experiment {c.experiment!r} on {r.pair} reports no figure {c.figure!r} "
-                                 f"(figures with the same prefix: {near or 'none'}; {len(have)} figures in all)")
-                return self._store(case, cr)
-            values.append(r.figures[c.figure])
-        measured = values[0] if len(values) == 1 else values
+        try:
+            measured = self._measured(case, results)
+        except (MissingFigure, ValueError) as e:
+            return self._store(case, self._error(case, results, str(e)))
         v = judge(c, measured, pair=case.judge_pair)
         summary_val, how = summarize_measured(c, v.comparator, measured, v)
         status = v.status
@@ -382,6 +376,28 @@ class ClaimRunner:
                          message=msg, ci=ci, protocol_note=_protocol_note(c, case, results, v, how),
                          conventions=conv, provenance=prov)
         return self._store(case, cr)
+
+    @staticmethod
+    def _measured(case: ClaimCase, results: list[ExperimentResult]) -> Any:
+        """The claim's figure: the experiment's own (one value per result), else derived across the scope
+        pairs (:mod:`.aggregate`); MissingFigure names what is absent and where."""
+        c = case.claim
+        if all(c.figure in r.figures for r in results):
+            values = [r.figures[c.figure] for r in results]
+            return values[0] if len(values) == 1 else values
+        if is_derived(c.figure):
+            figs = [results[0].figures] * len(case.pairs) if needs_all_pairs(c.experiment) else \
+                [r.figures for r in results]
+            try:
+                return derive(c.figure, dict(zip(case.pairs, figs)))
+            except MissingFigure as e:
+                raise MissingFigure(f"derived figure {c.figure!r} from experiment {c.experiment!r}: {e}") from e
+        r = next(r for r in results if c.figure not in r.figures)
+        have = sorted(r.figures)
+        near = [k for k in have if k.split(".")[0] == c.figure.split(".")[0]][:12]
+        why = f"; not measured yet: {UNMEASURED[c.figure]}" if c.figure in UNMEASURED else ""
+        raise MissingFigure(f"experiment {c.experiment!r} on {r.pair} reports no figure {c.figure!r} "
+                            f"(figures with the same prefix: {near or 'none'}; {len(have)} figures in all){why}")
 
     def _error(self, case: ClaimCase, results: list[ExperimentResult], why: str) -> ClaimResult:
         c = case.claim
@@ -411,6 +427,8 @@ class ClaimRunner:
         # one record per (claim, pair label, checkpoint content): a re-run replaces the previous verdict
         key = {"step": CLAIM_STEP, "checkpoint": ckpt, "claim": case.claim.id, "pair": case.pair,
                "kind": "tested"}
+        if self.backend != "hf":  # an engine's verdict sits beside the reference one, never replaces it
+            key["backend"] = self.backend
         self.cache.put(key, records_payload([cr]))
         # an earlier "skipped: pair not provided" record for this case is superseded now
         ukey = self._untested_key(case)

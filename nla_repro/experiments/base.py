@@ -51,7 +51,8 @@ class EvalSet:
 
 @dataclass
 class PairHandle:
-    """A named pair and how to get its eval set. `load()` returns an NLAPair (loaded once)."""
+    """A named pair and how to get its eval set. `load()` returns an NLAPair (loaded once) that decodes
+    with the handle's `backend` (a `nla_repro.backends` name; part of every result's cache key)."""
 
     name: str
     av_dir: Path
@@ -59,6 +60,7 @@ class PairHandle:
     eval_set: Callable[[int], EvalSet]           # n -> eval set of at least n rows (or all there are)
     train_denominator: float | None = None
     device: str = "cpu"
+    backend: str = "hf"
     family: str = ""
     adjacent_eval_sets: dict[int, Callable[[int], EvalSet]] = field(default_factory=dict)
     _pair: object = None
@@ -66,7 +68,7 @@ class PairHandle:
     def load(self):
         if self._pair is None:
             from ..pair import NLAPair
-            self._pair = NLAPair.from_dirs(self.av_dir, self.ar_dir, device=self.device)
+            self._pair = NLAPair.from_dirs(self.av_dir, self.ar_dir, device=self.device, backend=self.backend)
         return self._pair
 
 

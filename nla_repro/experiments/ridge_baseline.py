@@ -94,8 +94,8 @@ def ridge_baseline(ctx, pair_name):
                                     min_position=int(sampler.get("min_position", 50)),
                                     special_ids=tok_ref.all_special_ids):
             rows_train.append((d.id, pos))
-    train_gold, _ = aligned_gold(ctx, names, rows_train, ref, split="train")
-    eval_gold, _ = aligned_gold(ctx, names, list(zip(es_ref.doc_ids, es_ref.positions)), ref, n_for_eval=n)
+    train_gold, _, _ = aligned_gold(ctx, names, rows_train, ref, split="train")
+    eval_gold, _, _ = aligned_gold(ctx, names, list(zip(es_ref.doc_ids, es_ref.positions)), ref, n_for_eval=n)
     xf = run_experiment("cross_family", ctx, all_pairs_label(ctx)).figures
     grid = [int(g) for g in p["n_grid"] if int(g) <= len(rows_train)]
     if len(grid) < 2:

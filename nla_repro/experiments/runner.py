@@ -6,7 +6,9 @@
 number: experiment name, the content hashes (``hash_checkpoint_dir``) of every AV/AR directory used,
 the eval-set manifest hashes (main and, where used, adjacent layers), ``n``, the decoding named by the
 registration, a code version (runner version + sha256 of the experiment's module source + nla_repro
-version), the experiment params from ``ctx.options[name]``, and the device.
+version), the experiment params from ``ctx.options[name]``, the device, and the decoding backend's name,
+version and code digest (``nla_repro.backends.identity``; an unavailable backend raises ``BackendUnavailable``
+before the cache is read or anything is computed).  The backend also goes into the result's provenance.
 
 Experiment functions return a dict of figures.  Keys starting with ``_`` are reserved for the runner
 and removed from the figures: ``_n`` (rows behind the figures; default: the resolved n),
@@ -131,12 +133,13 @@ def recipe_digest() -> str:
 
 
 def cache_key(name: str, ctx: ExperimentContext, pair_name: str) -> dict:
-    from .. import provenance
+    from .. import backends, provenance
     from ..cache import hash_checkpoint_dir
 
     fn, meta = _meta(name)
     n = resolve_n(ctx, name)
     used = pairs_for(name, ctx, pair_name)
+    backend = {p: backends.identity(ctx.pairs[p].backend) for p in used}  # first: unavailable = no work
     ckpt, manifests = {}, {}
     for p in used:
         h = ctx.pairs[p]
@@ -157,6 +160,7 @@ def cache_key(name: str, ctx: ExperimentContext, pair_name: str) -> dict:
         "libraries": provenance.library_versions(),   # torch/transformers/tokenizers change numbers
         "params": params(ctx, name),
         "device": {p: ctx.pairs[p].device for p in used},
+        "backend": backend,
     }
 
 
@@ -188,7 +192,7 @@ def _compute(name: str, ctx: ExperimentContext, pair_name: str, key: dict) -> Ex
     protocol.update(reserved.get("_protocol", {}))
     fp = provenance.environment_fingerprint()
     prov = {"cache_step": key["step"], "checkpoints": key["checkpoint"], "eval_manifest": key["eval_manifest"],
-            "code_version": key["code_version"], "environment": fp}
+            "code_version": key["code_version"], "backend": key["backend"], "environment": fp}
     return ExperimentResult(experiment=name, pair=pair_name, protocol=protocol, conventions=conventions,
                             figures=figs, n=int(reserved.get("_n", key["n"])), provenance=prov)
 

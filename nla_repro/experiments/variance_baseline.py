@@ -2,7 +2,7 @@
 
 Figures: var_nrm.own (rawvar V on the eval gold), var_nrm.train (pair's training V or NaN),
 var_nrm.own_minus_train, meannorm.own (M), meannorm.identity (2-2sqrt(1-V)), meannorm.identity_abs_error,
-norm.raw_mean (mean raw L2 norm of the gold).
+norm.raw_mean / norm.raw_median (mean / median raw L2 norm of the gold rows, fp64).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ def variance_baseline(ctx, pair_name):
         v_train = load_sidecar(handle.ar_dir).train_denominator or load_sidecar(handle.av_dir).train_denominator
         src = "sidecar metrics.train_rawvar" if v_train is not None else "missing"
     ident = metrics.meannorm_from_rawvar(v)
+    norms = np.linalg.norm(es.vectors.astype(np.float64), axis=1)
     return {
         "var_nrm.own": v,
         "var_nrm.train": float(v_train) if v_train is not None else float("nan"),
@@ -38,7 +39,8 @@ def variance_baseline(ctx, pair_name):
         "meannorm.own": m,
         "meannorm.identity": ident,
         "meannorm.identity_abs_error": abs(ident - m),
-        "norm.raw_mean": float(np.linalg.norm(es.vectors, axis=1).mean()),
+        "norm.raw_mean": float(norms.mean()),
+        "norm.raw_median": float(np.median(norms)),
         "_n": len(es),
         "_protocol": {"eval_set": es.name, "manifest_hash": es.manifest_hash, "train_denominator_source": src},
     }
