@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from .backends import BACKENDS, DEFAULT_BACKEND
+
 
 def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
@@ -42,7 +44,7 @@ def cmd_run(args) -> int:
     from .main_job import run_main_job
 
     summary = run_main_job(av=args.av, ar=args.ar, base=args.base, family=args.family, n=args.n, device=args.device,
-                           refresh=args.refresh)
+                           refresh=args.refresh, backend=args.backend)
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True))
     return 0
@@ -93,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--family", default="smollm2", help="default pair family when --av/--ar are not given")
     r.add_argument("--n", type=int, default=64, help="number of held-out activations")
     r.add_argument("--device", default="cpu")
+    r.add_argument("--backend", default=DEFAULT_BACKEND, choices=sorted(BACKENDS),
+                   help="AV decoding engine (hf is the reference; others need their engine installed)")
     r.add_argument("--refresh", action="store_true", help="recompute instead of reading the cache")
     r.add_argument("--json", action="store_true", help="also print the summary as JSON")
     r.set_defaults(fn=cmd_run)

@@ -256,8 +256,9 @@ def _memo_eval_set(spec_holder: dict, spec: BaseModelSpec, layer_index: int, *, 
 def make_pair_handle(name: str, av_dir, ar_dir, *, base: str | BaseModelSpec = "fixture", cache=None,
                      sampler_cfg: SamplerConfig = DEFAULT_SAMPLER, n_docs: int | None = None,
                      device: str = "cpu", family: str = "", batch_size: int = 8,
-                     adjacent: bool = True) -> PairHandle:
-    """A :class:`PairHandle` whose eval sets are built lazily from the held-out corpus.
+                     adjacent: bool = True, backend: str = "hf") -> PairHandle:
+    """A :class:`PairHandle` whose eval sets are built lazily from the held-out corpus; its pair decodes
+    with ``backend`` (gold activations always come from the base model in this process).
 
     ``base``: ``"fixture"`` (the AV as mechanics-only stand-in), ``"gguf:smollm2"`` (default pair), or a
     :class:`BaseModelSpec`.  ``adjacent`` adds eval sets at K-1 and K+1 (where the base has those blocks)
@@ -288,7 +289,7 @@ def make_pair_handle(name: str, av_dir, ar_dir, *, base: str | BaseModelSpec = "
             adj[L] = _memo_eval_set(holder, spec, L, name=f"{name}:eval:L{L}", **kw)
     train_den = ar_sc.train_denominator or av_sc.train_denominator
     handle = PairHandle(name=name, av_dir=av_dir, ar_dir=ar_dir, eval_set=main, train_denominator=train_den,
-                        device=device, family=family, adjacent_eval_sets=adj)
+                        device=device, backend=backend, family=family, adjacent_eval_sets=adj)
     handle.base_spec = spec  # informational (not a dataclass field)
     return handle
 

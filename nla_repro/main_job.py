@@ -2,8 +2,9 @@
 
 Protocol: held-out documents (`nla_repro.corpora`, eval split), stage-0 positions, gold = output of
 block K of the base model; greedy AV decode (max_new_tokens = min(150, 300 - prompt)); AR at the last
-token; failures under the training convention (dropped, counted). Results are cached; `--refresh`
-recomputes.
+token; failures under the training convention (dropped, counted). The AV decodes through `backend`
+(`nla_repro.backends`; `hf` is the reference, an unavailable engine is an error). Results are cached;
+`--refresh` recomputes.
 """
 
 from __future__ import annotations
@@ -14,24 +15,25 @@ from rich.console import Console
 from rich.table import Table
 
 
-def _handle(av, ar, family, device, cache, base=None):
+def _handle(av, ar, family, device, cache, base=None, backend="hf"):
     from .pairs import default_pair_handle, user_pair_handle
 
     if (av is None) != (ar is None):
         raise ValueError("give both --av and --ar, or neither (to use the embedded default pair)")
     if av is None:
-        return default_pair_handle(cache=cache, device=device, family=family)
+        return default_pair_handle(cache=cache, device=device, family=family, backend=backend)
     return user_pair_handle("user", av, ar, cache=cache, device=device,
-                            bases={"user": str(base)} if base else None)
+                            bases={"user": str(base)} if base else None, backend=backend)
 
 
-def run_main_job(*, av=None, ar=None, base=None, family="smollm2", n=64, device="cpu", refresh=False) -> dict:
+def run_main_job(*, av=None, ar=None, base=None, family="smollm2", n=64, device="cpu", refresh=False,
+                 backend="hf") -> dict:
     from .cache import ResultsCache
     from .experiments.base import ExperimentContext
     from .experiments.runner import run_experiment
 
     cache = ResultsCache()
-    handle = _handle(av, ar, family, device, cache, base)
+    handle = _handle(av, ar, family, device, cache, base, backend)
     ctx = ExperimentContext(pairs={handle.name: handle}, eval_size=n, refresh=refresh, cache=cache)
     result = run_experiment("corroboration", ctx, handle.name)
     f = result.figures
@@ -39,6 +41,8 @@ def run_main_job(*, av=None, ar=None, base=None, family="smollm2", n=64, device=
     console.print(f"[bold]{handle.name}[/bold]  AV {handle.av_dir}\n{' ' * len(handle.name)}  AR {handle.ar_dir}")
     for k, v in sorted(result.conventions.items()):
         console.print(f"  {k}: {v}")
+    b = result.provenance["backend"][handle.name]
+    console.print(f"  decoding backend: {b['name']} {b['version']}")
     table = Table(title=f"Round trip of {result.n} held-out activations")
     table.add_column("figure")
     table.add_column("value", justify="right")

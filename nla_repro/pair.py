@@ -1,4 +1,8 @@
-"""The public entry point: an AV/AR pair loaded from two released-layout directories."""
+"""The public entry point: an AV/AR pair loaded from two released-layout directories.
+
+AV decoding goes through a named backend (`nla_repro.backends`; `hf`, the reference, by default); the AR
+always runs in this process.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,13 @@ import numpy as np
 import torch
 
 from . import metrics, sanity
+from .backends import DEFAULT_BACKEND, get_backend
 from .checkpoint import AR, AV, load_ar, load_av
 from .decoding import Decoding
 from .explanation import AR_PROMPT_MAX_TOKENS, Accounted, FailureConvention, Parsed, account, parse
 from .prompts import ar_prompt_ids, check_ar_matches_base_tokenizer
 from .sidecar import check_pair_sidecars
-from .verbalize import AVInputs, Verbalization, build_av_inputs, verbalize
+from .verbalize import AVInputs, Verbalization, build_av_inputs
 
 
 @dataclass
@@ -33,15 +38,18 @@ class RoundTrip:
 
 
 class NLAPair:
-    def __init__(self, av: AV, ar: AR):
+    def __init__(self, av: AV, ar: AR, backend: str = DEFAULT_BACKEND):
         check_pair_sidecars(av.sidecar, ar.sidecar)
         check_ar_matches_base_tokenizer(ar.sidecar, ar.tokenizer, av.tokenizer)
         self.av, self.ar = av, ar
+        self.backend = get_backend(backend)
 
     @classmethod
-    def from_dirs(cls, av_dir, ar_dir, *, device="cpu", dtype=torch.float32, device_map=None):
+    def from_dirs(cls, av_dir, ar_dir, *, device="cpu", dtype=torch.float32, device_map=None,
+                  backend: str = DEFAULT_BACKEND):
+        get_backend(backend)  # an unavailable engine is reported before any model is loaded
         return cls(load_av(av_dir, dtype=dtype, device=device, device_map=device_map),
-                   load_ar(ar_dir, dtype=dtype, device=device, device_map=device_map))
+                   load_ar(ar_dir, dtype=dtype, device=device, device_map=device_map), backend)
 
     @property
     def d_model(self) -> int:
@@ -60,7 +68,8 @@ class NLAPair:
         return build_av_inputs(self.av, vectors)
 
     def verbalize(self, vectors, decoding: Decoding = Decoding(), **kw) -> list[Verbalization]:
-        return verbalize(self.av, vectors, decoding, **kw)
+        """One explanation per vector, decoded by `self.backend` (kw: batch_size, banned_token_ids)."""
+        return self.backend.decode(self.av, vectors, decoding, **kw)
 
     # -- AR
     def reconstruct(self, texts: list[str], batch_size: int = 32, *, allow_empty: bool = False) -> np.ndarray:

@@ -188,12 +188,14 @@ class PairRegistry:
     """Lazily built handles for the pairs of one session.
 
     ``dirs``: {name: (av, ar)} from ``--pair``; empty means "the embedded default pair only".
+    ``backend``: the decoding backend of every handle built here (``--backend``).
     ``factories`` overrides how a name is built (tests use it for fixture pairs)."""
 
     dirs: dict = field(default_factory=dict)
     bases: dict = field(default_factory=dict)
     cache: object = None
     device: str = "cpu"
+    backend: str = "hf"
     factories: dict[str, Callable[[], object]] = field(default_factory=dict)
     _handles: dict = field(default_factory=dict)
     _errors: dict = field(default_factory=dict)
@@ -214,9 +216,10 @@ class PairRegistry:
                 h = self.factories[name]()
             elif name in self.dirs:
                 av, ar = self.dirs[name]
-                h = user_pair_handle(name, av, ar, bases=self.bases, cache=self.cache, device=self.device)
+                h = user_pair_handle(name, av, ar, bases=self.bases, cache=self.cache, device=self.device,
+                                     backend=self.backend)
             elif name == DEFAULT_PAIR_NAME and not self.dirs:
-                h = default_pair_handle(cache=self.cache, device=self.device)
+                h = default_pair_handle(cache=self.cache, device=self.device, backend=self.backend)
             else:
                 raise PairUnavailable(f"pair {name!r} was not provided; {provide_hint(name)}")
         except PairUnavailable as e:

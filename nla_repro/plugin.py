@@ -2,7 +2,9 @@
 
 Loaded by the repository's top-level conftest.py (`pytest_plugins`), so `pytest` in a checkout has
 everything. Claims are collected only with `--claims`; GPU tests are skipped with a reason when no
-CUDA device is present; a claim about a checkpoint the user has not provided is skipped naming it.
+CUDA device is present; a claim about a checkpoint the user has not provided is skipped naming it; a test
+that decodes through a `--backend` whose engine is unavailable is skipped naming the engine and how to
+install it (fixture `nla_backend`), never run on another engine.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import os
 from pathlib import Path
 
 import pytest
+
+from .backends import BACKENDS, DEFAULT_BACKEND
 
 
 def pytest_addoption(parser):
@@ -26,8 +30,9 @@ def pytest_addoption(parser):
                      "default: the AV sidecar's base_checkpoint if it is local")
     g.addoption("--eval-size", type=int, default=None, metavar="N",
                 help="number of held-out activations per experiment (default: per experiment)")
-    g.addoption("--backend", default="hf", choices=["hf", "sglang", "vllm"],
-                help="decoding engine for the AV (hf is the reference)")
+    g.addoption("--backend", default=DEFAULT_BACKEND, choices=sorted(BACKENDS),
+                help="decoding engine for the AV (hf is the reference); tests needing an engine that is not "
+                     "installed are skipped with a reason")
     g.addoption("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     g.addoption("--refresh", action="store_true", default=False,
                 help="recompute cached results instead of reading them")
@@ -88,3 +93,17 @@ def nla_options(pytestconfig):
         "device": pytestconfig.getoption("--device") or ("cuda" if cuda_available() else "cpu"),
         "refresh": pytestconfig.getoption("--refresh"),
     }
+
+
+@pytest.fixture(scope="session")
+def nla_backend(nla_options) -> str:
+    """The `--backend` name once its engine is known to be usable; otherwise every test that asks for it
+    is skipped with the reason (`BackendUnavailable`: what is missing, how to install it)."""
+    from .backends import BackendUnavailable, get_backend
+
+    name = nla_options["backend"]
+    try:
+        get_backend(name)
+    except BackendUnavailable as e:
+        pytest.skip(f"--backend {name}: {e}")
+    return name

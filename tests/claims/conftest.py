@@ -5,7 +5,8 @@ embedded default pair ``default-smollm2``. Planning (which cases exist, which ar
 are ``gpu``) is :func:`nla_repro.claims.run.plan_cases`; evaluation is :class:`ClaimRunner`.
 
 The base model of a user pair comes from its AV sidecar's ``base_checkpoint`` or ``--base NAME=DIR`` (an
-option read here only if the plugin registers it).
+option read here only if the plugin registers it). Pairs decode with ``--backend`` (fixture ``nla_backend``:
+an engine that is not installed skips every claim that would run, with the reason).
 """
 
 from __future__ import annotations
@@ -40,14 +41,15 @@ def pytest_generate_tests(metafunc):
 
 
 @pytest.fixture(scope="session")
-def claim_runner(nla_options, pytestconfig):
+def claim_runner(nla_options, nla_backend, pytestconfig):
     from nla_repro.cache import ResultsCache
 
     cache = ResultsCache()  # $NLA_REPRO_CACHE/results (--cache-dir sets the env var); the report reads it
     bases = parse_base_option(pytestconfig.getoption("--base", default=None) or [])
-    registry = PairRegistry(dirs=nla_options["pairs"], bases=bases, cache=cache, device=nla_options["device"])
+    registry = PairRegistry(dirs=nla_options["pairs"], bases=bases, cache=cache, device=nla_options["device"],
+                            backend=nla_backend)
     return ClaimRunner(registry, cache=cache, eval_size=nla_options["eval_size"], refresh=nla_options["refresh"],
-                       backend=nla_options["backend"])
+                       backend=nla_backend)
 
 
 @pytest.hookimpl(tryfirst=True)

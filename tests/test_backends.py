@@ -1,0 +1,213 @@
+"""Decoding backends (`--backend`): hf is the path every number came from, an engine that is not installed
+is refused (skipped under pytest) with a reason and never replaced by hf, and the backend is part of every
+experiment's cache key and provenance."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nla_repro import backends
+from nla_repro.backends import BackendUnavailable
+from nla_repro.backends import sglang
+from nla_repro.cache import CacheKey, ResultsCache
+from nla_repro.decoding import Decoding
+from nla_repro.fixtures.factory import FAMILIES
+from nla_repro.verbalize import Verbalization, _eos_ids, build_av_inputs, verbalize
+
+ROOT = Path(__file__).resolve().parents[1]
+ENGINES = {"sglang": "sglang", "vllm": "vllm"}  # backend -> the package that must be importable
+MISSING = [b for b, pkg in ENGINES.items() if importlib.util.find_spec(pkg) is None]
+needs_missing = pytest.mark.skipif(not MISSING, reason="every serving engine is installed here")
+OPTIONS = {"corroboration": {"max_new_tokens": 8, "failure_convention": "client_raw", "gaussian_null": False,
+                             "n_boot": 10}}
+
+
+class OtherEngine:
+    """A second, available backend for the key/provenance tests: decodes with HF, names itself otherwise."""
+
+    name = "other-engine"
+    version = "0.0-test"
+    calls = 0
+
+    def decode(self, av, vectors, decoding, *, batch_size=16, banned_token_ids=None):
+        OtherEngine.calls += 1
+        return verbalize(av, vectors, decoding, batch_size=batch_size, banned_token_ids=banned_token_ids)
+
+
+@pytest.fixture
+def other_engine(monkeypatch):
+    monkeypatch.setitem(backends.BACKENDS, "other", f"{__name__}:OtherEngine")
+    OtherEngine.calls = 0
+    return "other"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny llama pair with a fixture-base eval set (mechanics only)."""
+    from nla_repro.fixtures.factory import make_pair
+
+    return make_pair("llama", tmp_path_factory.mktemp("backend-pair"))
+
+
+def _ctx(tiny, backend, cache=None):
+    from nla_repro.evalset import make_pair_handle
+    from nla_repro.experiments.base import ExperimentContext
+
+    h = make_pair_handle("tiny", tiny.av, tiny.ar, base="fixture", n_docs=4, adjacent=False, backend=backend,
+                         cache=cache)
+    h.train_denominator = 0.5  # stand-in; fixtures carry no metrics.train_rawvar
+    return ExperimentContext(pairs={"tiny": h}, eval_size=4, cache=cache, options=OPTIONS)
+
+
+# ------------------------------------------------------------------------------------------ hf = reference
+
+@pytest.mark.parametrize("family,decoding", [
+    *[(f, Decoding(max_new_tokens=6)) for f in FAMILIES],
+    ("llama", Decoding(greedy=False, temperature=1.0, seed=3, max_new_tokens=6)),
+], ids=[*(f"greedy-{f}" for f in FAMILIES), "sampled-llama"])
+def test_hf_backend_decodes_identically_to_the_verbalize_path(loaded_pair, family, decoding, rng):
+    pair = loaded_pair(family)
+    assert pair.backend.name == "hf"
+    v = rng.normal(size=(3, pair.d_model)).astype(np.float32)
+    plain = verbalize(pair.av, v, decoding, batch_size=2)
+    assert pair.verbalize(v, decoding, batch_size=2) == plain
+    banned = sorted({x.token_ids[0] for x in plain})  # the kwargs must reach the decoder
+    via_pair = pair.verbalize(v, decoding, batch_size=2, banned_token_ids=banned)
+    assert via_pair == verbalize(pair.av, v, decoding, batch_size=2, banned_token_ids=banned)
+    assert via_pair != plain
+
+
+# ------------------------------------------------------------------------------------------ unavailable
+
+@needs_missing
+@pytest.mark.parametrize("name", MISSING)
+def test_missing_engine_is_refused_with_install_hint(name, tiny):
+    with pytest.raises(BackendUnavailable, match=rf"(?i){name}.*not installed.*pip install 'nla-repro\[{name}\]'"):
+        backends.get_backend(name)
+    from nla_repro.pair import NLAPair
+
+    with pytest.raises(BackendUnavailable, match="not installed"):
+        NLAPair.from_dirs(tiny.av, tiny.ar, backend=name)
+
+
+def test_unknown_backend_is_an_error():
+    with pytest.raises(ValueError, match="expected one of"):
+        backends.get_backend("tgi")
+
+
+@needs_missing
+def test_runner_refuses_unavailable_backend_before_cache_or_compute(tiny, tmp_path):
+    from nla_repro.experiments.runner import COMPUTE_CALLS, run_experiment
+
+    cache = ResultsCache(tmp_path / "cache")
+    before = COMPUTE_CALLS.get("corroboration", 0)
+    with pytest.raises(BackendUnavailable, match=MISSING[0]):
+        run_experiment("corroboration", _ctx(tiny, MISSING[0], cache), "tiny")
+    assert COMPUTE_CALLS.get("corroboration", 0) == before
+    assert cache.list("experiment-corroboration") == []
+
+
+@needs_missing
+def test_claims_suite_skips_every_claim_naming_the_engine(tiny, tmp_path):
+    """`pytest --claims --backend NAME` without the engine: nothing passes or fails, and every claim that
+    was planned to run is skipped with the engine's reason (the others keep their planning reason)."""
+    name = MISSING[0]
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "tests/claims", "--claims", "--backend", name,
+         "--pair", f"tiny={tiny.av},{tiny.ar}", "--base", "tiny=fixture", "--cache-dir", str(tmp_path / "c"),
+         "-q", "-rs", "-p", "no:cacheprovider"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-3000:]
+    tail = text.strip().splitlines()[-1]
+    assert "skipped" in tail and "passed" not in tail and "failed" not in tail and "error" not in tail, tail
+    from nla_repro.claims import load_claims
+    from nla_repro.claims.run import plan_cases
+
+    would_run = sum(c.status is None for c in plan_cases(load_claims(), ["tiny"]))
+    reason = f"--backend {name}: the"
+    engine_skips = [ln for ln in text.splitlines() if ln.startswith("SKIPPED") and reason in ln
+                    and f"pip install 'nla-repro[{name}]'" in ln]
+    n_engine = sum(int(re.match(r"SKIPPED \[(\d+)\]", ln).group(1)) for ln in engine_skips)
+    assert would_run > 0 and n_engine == would_run, (would_run, engine_skips, text[-3000:])
+
+
+# ------------------------------------------------------------------------------------------ key + provenance
+
+def test_cache_key_and_provenance_name_the_backend(tiny, tmp_path, other_engine):
+    from nla_repro.experiments.runner import COMPUTE_CALLS, cache_key, run_experiment
+
+    cache = ResultsCache(tmp_path / "cache")
+    k_hf = cache_key("corroboration", _ctx(tiny, "hf"), "tiny")
+    k_other = cache_key("corroboration", _ctx(tiny, other_engine), "tiny")
+    assert k_hf["backend"] == {"tiny": backends.identity("hf")}
+    assert k_hf["backend"]["tiny"]["name"] == "hf" and k_hf["backend"]["tiny"]["version"]
+    assert k_other["backend"]["tiny"]["name"] == "other-engine"
+    assert {k for k in k_hf if k_hf[k] != k_other[k]} == {"backend"}
+    assert CacheKey(k_hf).digest != CacheKey(k_other).digest
+
+    before = COMPUTE_CALLS.get("corroboration", 0)
+    r_hf = run_experiment("corroboration", _ctx(tiny, "hf", cache), "tiny")
+    r_other = run_experiment("corroboration", _ctx(tiny, other_engine, cache), "tiny")
+    assert COMPUTE_CALLS["corroboration"] == before + 2  # the hf entry was not served for the other engine
+    assert OtherEngine.calls > 0
+    assert r_hf.provenance["backend"] == k_hf["backend"]
+    assert r_other.provenance["backend"] == {"tiny": {"name": "other-engine", "version": "0.0-test",
+                                                      "code": k_other["backend"]["tiny"]["code"]}}
+    assert r_hf.figures["explanation.tag_failure_rate"] == r_other.figures["explanation.tag_failure_rate"]
+
+
+def test_identity_code_digest_follows_the_backend_module():
+    hf = backends.identity("hf")
+    import hashlib
+
+    src = (ROOT / "nla_repro" / "backends" / "hf.py").read_bytes()
+    assert hf["code"] == hashlib.sha256(src).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------ sglang client
+
+def test_sglang_row_payloads_carry_the_hf_inputs(loaded_pair, rng):
+    pair = loaded_pair("gemma3")
+    v = rng.normal(size=(3, pair.d_model)).astype(np.float32)
+    dec = Decoding()
+    payloads = sglang.row_payloads(pair.av, v, dec)
+    inputs = build_av_inputs(pair.av, v)
+    assert len(payloads) == 3
+    for b, p in enumerate(payloads):
+        keep = inputs.attention_mask[b].bool()
+        want = inputs.inputs_embeds[b][keep].float().numpy()
+        got = np.asarray(p["input_embeds"], dtype=np.float32)
+        np.testing.assert_array_equal(got, want)
+        pos = inputs.injection_positions[b] - int((~keep).sum())
+        assert np.linalg.norm(got[pos]) == pytest.approx(pair.av.sidecar.injection_scale, rel=1e-5)
+        assert p["sampling_params"]["max_new_tokens"] == dec.budget(len(want))
+        assert p["sampling_params"]["temperature"] == 0.0
+        assert p["sampling_params"]["stop_token_ids"] == _eos_ids(pair.av)
+
+
+def test_sglang_reply_parsing_reproduces_the_hf_convention(loaded_pair, rng):
+    """A /generate reply carrying HF's tokens parses to HF's Verbalization: budget hit, or stopped on EOS
+    (random fixture AVs never emit EOS, so the stopped case cuts an HF decode and applies verbalize's rule:
+    text and ids before the stop id, n_new_tokens counts it)."""
+    pair = loaded_pair("llama")
+    tok, eos = pair.av.tokenizer, _eos_ids(pair.av)
+    v = rng.normal(size=(2, pair.d_model)).astype(np.float32)
+    for x in verbalize(pair.av, v, Decoding(max_new_tokens=6)):
+        assert x.truncated
+        budget_hit = {"output_ids": list(x.token_ids), "meta_info": {"finish_reason": {"type": "length"}}}
+        assert sglang.verbalization_from_reply(budget_hit, tok, eos) == x
+        ids = list(x.token_ids[:3])
+        stopped = {"output_ids": ids + [eos[0]], "meta_info": {"finish_reason": {"type": "stop", "matched": eos[0]}}}
+        assert sglang.verbalization_from_reply(stopped, tok, eos) == Verbalization(
+            text=tok.decode(ids, skip_special_tokens=False), token_ids=tuple(ids), truncated=False, n_new_tokens=4)
+    with pytest.raises(RuntimeError, match="abort"):
+        sglang.verbalization_from_reply({"output_ids": [], "meta_info": {"finish_reason": {"type": "abort"}}},
+                                        pair.av.tokenizer, eos)
