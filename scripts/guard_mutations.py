@@ -20,6 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # (name, file, original snippet, mutated snippet, test node id)
 MUTATIONS = [
+    ("tokenizer probe (GGUF conversion differs by transformers version)", "nla_repro/training/base.py",
+     "    if want and got != want:", "    if False:",
+     "tests/test_training.py::test_tokenizer_probe_guard_rejects_a_different_tokenisation"),
     ("trap02 AR layer count", "nla_repro/checkpoint.py", "    if n_layers != K + 1:", "    if False:",
      "tests/test_traps.py::test_trap02_ar_layer_count_must_be_k_plus_1"),
     ("trap03 AR tokenizer vs base", "nla_repro/pair.py",

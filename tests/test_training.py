@@ -148,3 +148,36 @@ def test_cpu_smoke_ar_sft_step_lowers_loss():
     hist = train_ar_sft(cfg, ar, tok, data, range(n), "cpu", V=1.0)
     assert len(hist) == 12
     assert hist[-1] < 0.7 * hist[0], hist
+
+
+def test_tokenizer_probe_guard_rejects_a_different_tokenisation():
+    """transformers 5.17 converts Gemma 3's GGUF tokenizer without BOS and with words split at spaces; the
+    probe check is what stops training or scoring on such a tokenizer (it must fail on a wrong one)."""
+    from nla_repro.fixtures.tokenizers import load_tokenizer
+    from nla_repro.training.base import BaseModelError, check_tokenizer_probe
+
+    gemma, smol = load_tokenizer("gemma3"), load_tokenizer("smollm2")
+    check_tokenizer_probe("gemma3", gemma, "gemma3 fixture tokenizer")
+    check_tokenizer_probe("smollm2", smol, "smollm2 fixture tokenizer")
+    with pytest.raises(BaseModelError, match="probe text"):
+        check_tokenizer_probe("gemma3", smol, "a SmolLM2 tokenizer")
+
+    class NoBos:  # the 5.17 failure mode: same vocabulary, BOS dropped
+        def __call__(self, text, add_special_tokens=True):
+            return {"input_ids": gemma(text, add_special_tokens=add_special_tokens)["input_ids"][1:]}
+
+    with pytest.raises(BaseModelError, match="expected"):
+        check_tokenizer_probe("gemma3", NoBos(), "a BOS-less conversion")
+
+
+def test_av_targets_end_with_the_family_end_of_turn():
+    from nla_repro.fixtures.tokenizers import load_tokenizer
+    from nla_repro.training.config import FAMILIES
+    from nla_repro.training.models import av_target_ids, end_of_turn_id
+
+    gemma = load_tokenizer("gemma3")
+    eot = end_of_turn_id(gemma, FAMILIES["gemma3"].end_of_turn)
+    assert eot == 106 and eot != gemma.eos_token_id  # <end_of_turn>, not <eos>
+    assert av_target_ids(gemma, "Encyclopedic article.", eot)[-1] == 106
+    smol = load_tokenizer("smollm2")
+    assert end_of_turn_id(smol, FAMILIES["smollm2"].end_of_turn) == smol.eos_token_id == 2

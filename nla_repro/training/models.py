@@ -128,10 +128,21 @@ def av_embeds(model, prompt: AVPrompt, ids: torch.Tensor, vectors: torch.Tensor,
     return emb
 
 
-def av_target_ids(tok, explanation: str) -> list[int]:
+def end_of_turn_id(tok, end_of_turn: str | None) -> int:
+    """Id that ends an AV answer: the family's end-of-turn token, or the tokenizer's EOS."""
+    if end_of_turn is None:
+        return int(tok.eos_token_id)
+    i = tok.convert_tokens_to_ids(end_of_turn)
+    if i is None or i == tok.unk_token_id:
+        raise ValueError(f"end-of-turn token {end_of_turn!r} is not in the tokenizer")
+    return int(i)
+
+
+def av_target_ids(tok, explanation: str, end_id: int) -> list[int]:
+    """SFT target: the wrapped explanation (no special tokens added) followed by ``end_id``."""
     from .warmstart import wrap
 
-    return list(tok(wrap(explanation), add_special_tokens=False)["input_ids"]) + [int(tok.eos_token_id)]
+    return list(tok(wrap(explanation), add_special_tokens=False)["input_ids"]) + [int(end_id)]
 
 
 def token_logprobs(model, prompt: AVPrompt, seqs: list[list[int]], vectors: torch.Tensor, scale: float,

@@ -26,12 +26,13 @@ from . import lora as L
 from .base import gguf_path, load_base, spec_of
 from .config import LORA_TARGETS, TrainConfig, smoke_config
 from .data import Stage0, doc_bucket, extract, load_docs
-from .models import (ARModel, ar_ids, ar_predict, av_target_ids, build_av_prompt, generate,
+from .models import (ARModel, ar_ids, ar_predict, av_target_ids, build_av_prompt, end_of_turn_id, generate,
                      mse_nrm_torch, pad_right, autocast, token_logprobs)
 
 T0 = time.time()
 LOG = None
 EXTRA_STOP: tuple[str, ...] = ()  # set from the family spec in main()
+END_ID: int = -1                  # id ending an AV answer, set from the family spec in main()
 
 
 def log(*a):
@@ -160,7 +161,7 @@ def train_av_sft(cfg, av, tok, prompt, data: Stage0, idx, device, scale, stop_at
             rng.shuffle(o)
             order += o
         bidx, order = order[: cfg.av_sft_batch], order[cfg.av_sft_batch:]
-        seqs = [prompt.ids + av_target_ids(tok, data.explanations[i]) for i in bidx]
+        seqs = [prompt.ids + av_target_ids(tok, data.explanations[i], END_ID) for i in bidx]
         vec = torch.from_numpy(data.vectors[bidx])
         set_lr(opt, [lr_at(step, steps, cfg.av_sft_lr, cfg.warmup_steps)])
         lps = token_logprobs(av, prompt, seqs, vec, scale, device=device, n_prompt=n_prompt)
@@ -227,11 +228,12 @@ def evaluate(tag, cfg, av, ar, tok, prompt, data: Stage0, device, scale, V, samp
     return res
 
 
-def rl_loop(cfg, av, ar, tok, prompt, data: Stage0, idx, device, scale, V, deadline) -> list:
+def rl_loop(cfg, av, ar, tok, prompt, data: Stage0, idx, device, scale, V, deadline, on_checkpoint=None) -> list:
     """GRPO: per step, rl_prompts vectors x rl_group samples at T=1; reward = -mse_nrm from the current AR
     (failures: no tag or truncated -> failure_reward, excluded from AR updates); group-normalised
-    advantages; one on-policy update (ratio = 1, so no clipping is needed) of the AV LoRA; then one AR
-    update on the valid samples.  The first ``rl_critic_warmup`` steps update only the AR."""
+    advantages; one on-policy update (ratio = 1, so no clipping is needed) of the AV LoRA; then
+    ``rl_ar_updates`` AR updates on the valid samples.  The first ``rl_critic_warmup`` steps update only the
+    AR.  ``on_checkpoint(history)`` is called every ``rl_save_every`` steps."""
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     rng = random.Random(cfg.seed + 2)
     av_params = [p for n, p in av.named_parameters() if "lora_" in n]
@@ -284,17 +286,18 @@ def rl_loop(cfg, av, ar, tok, prompt, data: Stage0, idx, device, scale, V, deadl
         # AR update on the valid samples (weights used for the reward were the pre-update ones)
         if ok:
             ar.train()
-            opt_ar.zero_grad(set_to_none=True)
-            mb = 512
-            for b in range(0, len(ok), mb):
-                ii = ok[b:b + mb]
-                ids, mask = pad_right([ar_ids(tok, smp[i].explanation) for i in ii], pad)
-                with autocast(device):
-                    p = ar(ids.to(device), mask.to(device))
-                loss = mse_nrm_torch(p, torch.from_numpy(gold[ii]).to(device)).sum() / len(ok)
-                loss.backward()
-            torch.nn.utils.clip_grad_norm_(ar_params, cfg.grad_clip)
-            opt_ar.step()
+            mb = cfg.ar_micro_batch  # gradient accumulation: activation memory of mb sequences, not len(ok)
+            ar_batches = [pad_right([ar_ids(tok, smp[i].explanation) for i in ok[b:b + mb]], pad) + (ok[b:b + mb],)
+                          for b in range(0, len(ok), mb)]
+            for _ in range(cfg.rl_ar_updates):
+                opt_ar.zero_grad(set_to_none=True)
+                for ids, mask, ii in ar_batches:
+                    with autocast(device):
+                        p = ar(ids.to(device), mask.to(device))
+                    loss = mse_nrm_torch(p, torch.from_numpy(gold[ii]).to(device)).sum() / len(ok)
+                    loss.backward()
+                torch.nn.utils.clip_grad_norm_(ar_params, cfg.grad_clip)
+                opt_ar.step()
         valid_mse = float(-rew[ok].mean()) if ok else float("nan")
         rec = {"step": step, "fail_rate": 1 - len(ok) / max(1, len(smp)), "mse_nrm_valid": valid_mse,
                "fve_nrm_valid": 1 - valid_mse / V, "reward_mean": float(rew.mean()),
@@ -302,6 +305,8 @@ def rl_loop(cfg, av, ar, tok, prompt, data: Stage0, idx, device, scale, V, deadl
         hist.append(rec)
         step_times.append(rec["sec"])
         log("rl " + json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items()}))
+        if on_checkpoint is not None and cfg.rl_save_every > 0 and (step + 1) % cfg.rl_save_every == 0:
+            on_checkpoint(hist)
     return hist
 
 
@@ -334,6 +339,31 @@ def load_state(state: Path, name: str, av, ar) -> bool:
     return True
 
 
+def adopt_delta_shapes(folder: Path, cfg: TrainConfig) -> None:
+    """LoRA ranks and alphas come from the shipped deltas' manifest when training continues from them."""
+    man = json.loads((folder / "manifest.json").read_text())
+    for role, prefix in (("av_lora", "av"), ("ar_lora", "ar")):
+        setattr(cfg, f"{prefix}_rank", int(man["files"][role]["rank"]))
+        setattr(cfg, f"{prefix}_alpha", float(man["files"][role]["alpha"]))
+
+
+def load_deltas(folder: Path, av, ar) -> None:
+    """Load shipped deltas (``av_lora`` / ``ar_lora`` / ``value_head`` safetensors, bf16) into the live LoRA
+    modules (shapes from :func:`adopt_delta_shapes`)."""
+    from safetensors.torch import load_file
+
+    man = json.loads((folder / "manifest.json").read_text())
+    L.load_lora_state(av, load_file(str(folder / man["files"]["av_lora"]["file"])))
+    ar_sd = load_file(str(folder / man["files"]["ar_lora"]["file"]))
+    L.load_lora_state(ar.backbone, ar_sd)
+    # a training checkpoint (rl_ar.safetensors) carries its value head; shipped deltas keep it separate
+    vh = ar_sd.get("value_head.weight")
+    if vh is None:
+        vh = load_file(str(folder / man["files"]["value_head"]["file"]))["weight"]
+    with torch.no_grad():
+        ar.value_head.weight.copy_(vh.to(ar.value_head.weight.device, ar.value_head.weight.dtype))
+
+
 def round_all(av, ar):
     L.round_to_storage(av)
     L.round_to_storage(ar.backbone)
@@ -354,6 +384,14 @@ def main(argv=None):
     ap.add_argument("--gguf", default=None)
     ap.add_argument("--device", default=None)
     ap.add_argument("--set", action="append", default=[], help="override a TrainConfig field: name=value")
+    ap.add_argument("--tokenizer", default=None,
+                    help="load the tokenizer from this save_pretrained folder instead of converting the GGUF's")
+    ap.add_argument("--init-deltas", default=None,
+                    help="start from shipped deltas (a deltas/<family> folder: av_lora, ar_lora, value_head)")
+    ap.add_argument("--gpu-mem-fraction", type=float, default=None,
+                    help="cap this process's share of GPU memory (two trainings sharing one card)")
+    ap.add_argument("--eval-reserve-s", type=float, default=60.0,
+                    help="seconds kept free before the deadline for the final evaluation")
     args = ap.parse_args(argv)
     deadline = T0 + args.deadline_s
     out = Path(args.out)
@@ -361,13 +399,20 @@ def main(argv=None):
     LOG = str(out / "train.log")
     state = Path(args.state) if args.state else out / "state"
     cfg = smoke_config() if args.smoke else TrainConfig()
+    if not args.smoke:
+        for k, v in spec_of(args.family).train_overrides:
+            setattr(cfg, k, v)
     for kv in args.set:
         k, v = kv.split("=", 1)
         setattr(cfg, k, type(getattr(cfg, k))(v))
+    if args.init_deltas:
+        adopt_delta_shapes(Path(args.init_deltas), cfg)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.gpu_mem_fraction and device.startswith("cuda"):
+        torch.cuda.set_per_process_memory_fraction(args.gpu_mem_fraction)
     torch.manual_seed(cfg.seed)
     spec = spec_of(args.family)
-    global EXTRA_STOP
+    global EXTRA_STOP, END_ID
     EXTRA_STOP = spec.extra_stop_tokens
     stages = args.stages.split(",")
     metrics_path = out / "metrics.json"
@@ -385,9 +430,10 @@ def main(argv=None):
         (state / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
 
     gp = gguf_path(args.family, args.gguf)
-    tok, base = load_base(args.family, gp)
+    tok, base = load_base(args.family, gp, tokenizer_dir=args.tokenizer)
     base.to(device)
     log(f"base loaded on {device}: {type(base).__name__}, {sum(p.numel() for p in base.parameters())} params")
+    END_ID = end_of_turn_id(tok, spec.end_of_turn)
     prompt = build_av_prompt(tok, spec.injection_char)
     log(f"AV prompt: {len(prompt.ids)} tokens, marker {prompt.marker_id} at {prompt.inject_pos} "
         f"neighbours ({prompt.left_id}, {prompt.right_id})")
@@ -423,11 +469,16 @@ def main(argv=None):
     samples_path = str(out / "samples.jsonl")
 
     resumed = None
-    for name in ("rl", "sft"):
-        if load_state(state, name, av, ar):
-            resumed = name
-            log(f"resumed weights from state/{name}.pt")
-            break
+    if args.init_deltas:
+        load_deltas(Path(args.init_deltas), av, ar)
+        resumed = f"deltas:{args.init_deltas}"
+        log(f"initialised from shipped deltas in {args.init_deltas}")
+    else:
+        for name in ("rl", "sft"):
+            if load_state(state, name, av, ar):
+                resumed = name
+                log(f"resumed weights from state/{name}.pt")
+                break
 
     if "ar_sft" in stages:
         h = train_ar_sft(cfg, ar, tok, train, ar_idx, device, V, stop_at=T0 + 0.30 * args.deadline_s)
@@ -446,9 +497,18 @@ def main(argv=None):
         metrics["eval_sft"] = evaluate("sft", cfg, av, ar, tok, prompt, evs, device, scale, V, samples_path)
         dump()
     if "rl" in stages:
-        h = rl_loop(cfg, av, ar, tok, prompt, train, rl_idx, device, scale, V, deadline - 60 if not args.smoke else deadline)
-        metrics.setdefault("rl_history", [])
-        metrics["rl_history"] = metrics["rl_history"] + h
+        prior = list(metrics.get("rl_history", []))
+
+        def checkpoint(h):  # bf16 deltas of the live weights (not rounded in place) + history so far
+            save_deltas(out, "rl", av, ar)
+            metrics["rl_history"] = prior + h
+            metrics["rl_steps_total"] = len(metrics["rl_history"])
+            dump()
+            log(f"checkpoint: rl deltas after {len(h)} steps this run")
+
+        h = rl_loop(cfg, av, ar, tok, prompt, train, rl_idx, device, scale, V,
+                    deadline - args.eval_reserve_s if not args.smoke else deadline, on_checkpoint=checkpoint)
+        metrics["rl_history"] = prior + h
         metrics["rl_steps_total"] = len(metrics["rl_history"])
         save_state(state, "rl", av, ar)
         round_all(av, ar)
