@@ -19,7 +19,9 @@ cache (step ``claim-result``) so ``nla-repro report`` renders it. For a per-pair
 scoped to several pairs, the measured value is the list of the figure on each scope pair, in scope order.
 A figure the experiment does not emit itself is derived across the scope pairs by
 :func:`nla_repro.claims.aggregate.derive` (argmax over pairs, trajectories, ratios, matrix reads); a figure
-nothing measures yet errors with the reason from :data:`nla_repro.claims.figures.UNMEASURED`.
+nothing measures yet errors with the reason from :data:`nla_repro.claims.figures.UNMEASURED`. An experiment
+that raises :class:`~nla_repro.experiments.base.ExperimentSkipped` (an input the user must supply is absent,
+e.g. the worked-example text) makes the case SKIPPED with that reason (stored, so the report lists it).
 
 ``ClaimResult.measured`` must be one number; when the judged value is a sequence the record shows a
 summary (named in ``protocol_note`` and the message, which also prints the full value):
@@ -38,6 +40,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..cache import MODEL_INDEPENDENT, hash_checkpoint_dir
+from ..experiments.base import ExperimentSkipped
 from ..results import ClaimResult, ExperimentResult, records_payload
 from .aggregate import MissingFigure, derive, is_derived
 from .figures import UNMEASURED
@@ -342,6 +345,8 @@ class ClaimRunner:
         c = case.claim
         try:
             results = self._results_for(case)
+        except ExperimentSkipped as e:   # an input the user must supply is absent: skipped, with the reason
+            return self._store(case, self._skipped(case, str(e)))
         except Exception as e:
             cr = self._error(case, [], f"experiment {c.experiment!r} on {case.pair} raised "
                                        f"{type(e).__name__}: {e}")
@@ -398,6 +403,15 @@ class ClaimRunner:
         why = f"; not measured yet: {UNMEASURED[c.figure]}" if c.figure in UNMEASURED else ""
         raise MissingFigure(f"experiment {c.experiment!r} on {r.pair} reports no figure {c.figure!r} "
                             f"(figures with the same prefix: {near or 'none'}; {len(have)} figures in all){why}")
+
+    @staticmethod
+    def _skipped(case: ClaimCase, why: str) -> ClaimResult:
+        c = case.claim
+        return ClaimResult(claim_id=c.id, source=c.source, pair=case.pair, published=_published_for_record(c),
+                           measured=None, tolerance=None, comparator=c.form.comparator, status="skipped",
+                           message=f"[{c.id} · {c.source}] SKIPPED: experiment {c.experiment!r} on {case.pair}: {why}",
+                           ci=None, protocol_note=f"registry protocol '{dict(c.protocol).get('name') or 'inline'}'",
+                           conventions={}, provenance={})
 
     def _error(self, case: ClaimCase, results: list[ExperimentResult], why: str) -> ClaimResult:
         c = case.claim

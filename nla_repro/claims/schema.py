@@ -60,6 +60,7 @@ EXPERIMENTS: frozenset[str] = frozenset(
         "paragraph_ablation",
         "token_type_buckets",
         "recipe_constants",
+        "worked_examples",
     }
 )
 

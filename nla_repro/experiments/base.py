@@ -81,20 +81,35 @@ class ExperimentContext:
     options: dict = field(default_factory=dict)
 
 
+class ExperimentSkipped(Exception):
+    """An experiment cannot run on this pair because an input the user must supply is absent (e.g. the
+    release's worked-example text). The message names what is missing and how to provide it. The claims
+    runner turns it into a SKIPPED claim with that reason (never a pass, never a substitute measurement)."""
+
+    @property
+    def reason(self) -> str:
+        return str(self)
+
+
 ExperimentFn = Callable[[ExperimentContext, str], dict]
+InputsFn = Callable[[ExperimentContext, str], dict]
 EXPERIMENTS: dict[str, tuple[ExperimentFn, dict]] = {}
 
 
 def experiment(name: str, *, default_n: int, decoding: str, denominator: str,
-               failure_convention: str, needs: tuple[str, ...] = ()):
-    """Register an experiment and the conventions it reports under."""
+               failure_convention: str, needs: tuple[str, ...] = (), inputs: InputsFn | None = None):
+    """Register an experiment and the conventions it reports under.
+
+    ``inputs(ctx, pair_name) -> dict``: content identity of extra inputs the experiment reads outside the
+    eval set (file hashes); it enters the cache key, and it runs before anything is computed, so it may
+    raise :class:`ExperimentSkipped` when an input is missing."""
 
     def wrap(fn: ExperimentFn) -> ExperimentFn:
         if name in EXPERIMENTS:
             raise ValueError(f"experiment {name!r} registered twice")
         EXPERIMENTS[name] = (fn, dict(default_n=default_n, decoding=decoding, denominator=denominator,
                                       failure_convention=failure_convention,
-                                      layer_convention=LAYER_CONVENTION, needs=needs))
+                                      layer_convention=LAYER_CONVENTION, needs=needs, inputs=inputs))
         return fn
 
     return wrap

@@ -6,8 +6,9 @@
 number: experiment name, the content hashes (``hash_checkpoint_dir``) of every AV/AR directory used,
 the eval-set manifest hashes (main and, where used, adjacent layers), ``n``, the decoding named by the
 registration, a code version (runner version + sha256 of the experiment's module source + nla_repro
-version), the experiment params from ``ctx.options[name]``, the device, and the decoding backend's name,
-version and code digest (``nla_repro.backends.identity``; an unavailable backend raises ``BackendUnavailable``
+version), the experiment params from ``ctx.options[name]``, the device, the content identity of any extra
+inputs the registration declares (``inputs=``; e.g. a worked-example text's sha256), and the decoding
+backend's name, version and code digest (``nla_repro.backends.identity``; an unavailable backend raises ``BackendUnavailable``
 before the cache is read or anything is computed).  The backend also goes into the result's provenance.
 
 Experiment functions return a dict of figures.  Keys starting with ``_`` are reserved for the runner
@@ -40,6 +41,7 @@ EXPERIMENT_MODULES = (
     "cross_family", "ridge_baseline", "recipe_constants",
     # written by another helper:
     "quote_ban", "verbatim", "redaction", "two_tier_controls", "paragraph_ablation", "token_type_buckets",
+    "worked_examples",
 )
 
 #: number of times each experiment function actually ran in this process (cache misses), by name
@@ -140,6 +142,8 @@ def cache_key(name: str, ctx: ExperimentContext, pair_name: str) -> dict:
     n = resolve_n(ctx, name)
     used = pairs_for(name, ctx, pair_name)
     backend = {p: backends.identity(ctx.pairs[p].backend) for p in used}  # first: unavailable = no work
+    # extra inputs (content hashes); a missing one raises ExperimentSkipped before any work
+    inputs = meta["inputs"](ctx, pair_name) if meta.get("inputs") is not None else None
     ckpt, manifests = {}, {}
     for p in used:
         h = ctx.pairs[p]
@@ -161,6 +165,7 @@ def cache_key(name: str, ctx: ExperimentContext, pair_name: str) -> dict:
         "params": params(ctx, name),
         "device": {p: ctx.pairs[p].device for p in used},
         "backend": backend,
+        **({"inputs": inputs} if inputs is not None else {}),
     }
 
 
