@@ -7,6 +7,7 @@ import json
 import sys
 
 from .backends import BACKENDS, DEFAULT_BACKEND
+from .pairs import DEFAULT_PAIRS
 
 
 def _quiet_transformers() -> None:
@@ -73,12 +74,15 @@ def cmd_cache(args) -> int:
     return 0
 
 
+DEFAULT_FAMILIES = tuple(sorted(fam for fam, _ in DEFAULT_PAIRS.values()))  # the embedded default pairs
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nla-repro", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("default", help="materialize the embedded default pair; prints 'av PATH' and 'ar PATH'")
-    d.add_argument("--family", default="smollm2")
+    d.add_argument("--family", default="smollm2", choices=DEFAULT_FAMILIES)
     d.set_defaults(fn=cmd_default)
 
     c = sub.add_parser("check", help="validate an AV/AR pair against the released contract")
@@ -92,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--ar", help="AR directory (default: the embedded default pair)")
     r.add_argument("--base", help="base model directory for gold activations (default: the AV sidecar's "
                    "base_checkpoint, if it is a local directory or in the local HF cache)")
-    r.add_argument("--family", default="smollm2", help="default pair family when --av/--ar are not given")
+    r.add_argument("--family", default="smollm2", choices=DEFAULT_FAMILIES,
+                   help="default pair family when --av/--ar are not given")
     r.add_argument("--n", type=int, default=64, help="number of held-out activations")
     r.add_argument("--device", default="cpu")
     r.add_argument("--backend", default=DEFAULT_BACKEND, choices=sorted(BACKENDS),

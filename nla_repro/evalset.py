@@ -196,36 +196,23 @@ def fixture_base(av_dir, *, device: str = "cpu") -> BaseModelSpec:
 
 
 def gguf_base(name: str = "smollm2", *, device: str = "cpu") -> BaseModelSpec:
-    """The GGUF base model of the default pair, dequantised to fp32 by transformers.
-
-    Prefers ``nla_repro.default_pair.materialize`` when it offers ``load_base_model()`` (same weights,
-    faster reload); otherwise loads the GGUF with ``from_pretrained(gguf_file=...)``."""
+    """The GGUF base model of a default pair (training family ``name``), dequantised to fp32 by
+    transformers; tokenizer from the probe-checked on-disk cache (``nla_repro.fixtures.tokenizers``)."""
     from .fixtures import tokenizers as ftok
+    from .training.base import gguf_path, spec_of
 
-    if name != "smollm2":
-        raise ValueError(f"gguf_base: expected 'smollm2' (the default pair's base), found {name!r}")
-    gguf = ftok.smollm2_gguf_path()
-    model_id = f"gguf:{ftok.SMOLLM2_GGUF_SHA256}"
+    spec = spec_of(name)
+    model_id = f"gguf:{spec.gguf_sha256}"
 
     def load():
         import torch
         from transformers import AutoModelForCausalLM
 
-        try:
-            from .default_pair import materialize  # type: ignore[attr-defined]
-            loader = getattr(materialize, "load_base_model", None)
-        except ImportError:
-            loader = None
-        if loader is not None:
-            out = loader(device=device)
-            model, tok = out if isinstance(out, tuple) else (out, ftok.load_tokenizer("smollm2"))
-        else:
-            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                         dtype=torch.float32)
-            tok = ftok.load_tokenizer("smollm2")
-        return model.to(device).eval(), tok
+        gguf = gguf_path(name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        return model.to(device).eval(), ftok.load_tokenizer(name)
 
-    return BaseModelSpec(model_id, load, f"{gguf.name} dequantised to fp32 (default-pair base)")
+    return BaseModelSpec(model_id, load, f"{spec.gguf_file} dequantised to fp32 (default-pair base)")
 
 
 # --------------------------------------------------------------------------- pair handles
@@ -274,7 +261,7 @@ def make_pair_handle(name: str, av_dir, ar_dir, *, base: str | BaseModelSpec = "
     elif isinstance(base, str) and base.startswith("gguf:"):
         spec = gguf_base(base.split(":", 1)[1], device=device)
     else:
-        raise ValueError(f"base: expected 'fixture', 'gguf:smollm2' or a BaseModelSpec, found {base!r}")
+        raise ValueError(f"base: expected 'fixture', 'gguf:<family>' or a BaseModelSpec, found {base!r}")
     ar_sc, av_sc = load_sidecar(ar_dir), load_sidecar(av_dir)
     K = int(ar_sc.extraction_layer_index)
     n_layers = _n_base_layers(av_dir) if spec.model_id.startswith("fixture-av:") else None

@@ -35,6 +35,8 @@ __all__ = [
     "parse_base_option",
     "default_pair_dirs",
     "default_pair_handle",
+    "default_pair_name",
+    "DEFAULT_PAIRS",
     "resolve_base",
     "base_model_spec",
     "user_pair_handle",
@@ -42,10 +44,12 @@ __all__ = [
 
 DEFAULT_PAIR_NAME = "default-smollm2"
 DEFAULT_FAMILY = "smollm2"
+#: embedded default pairs: name -> (training family, PairHandle.family of its architecture)
+DEFAULT_PAIRS = {"default-smollm2": ("smollm2", "llama"), "default-gemma3": ("gemma3", "gemma3")}
 #: model family of each released pair (PairHandle.family)
 RELEASED_FAMILY = {"qwen2.5-7b-L20": "qwen2", "gemma3-12b-L32": "gemma3", "gemma3-27b-L41": "gemma3",
                    "llama3.3-70b-L53": "llama"}
-_SPECIAL_BASES = ("fixture", "gguf:smollm2")
+_SPECIAL_BASES = ("fixture", *(f"gguf:{fam}" for fam, _ in DEFAULT_PAIRS.values()))
 
 
 class PairUnavailable(RuntimeError):
@@ -95,14 +99,23 @@ def default_pair_dirs(family: str = DEFAULT_FAMILY) -> tuple[Path, Path]:
     return av, ar
 
 
-def default_pair_handle(*, cache=None, device: str = "cpu", name: str = DEFAULT_PAIR_NAME,
+def default_pair_name(family: str) -> str:
+    for name, (fam, _) in DEFAULT_PAIRS.items():
+        if fam == family:
+            return name
+    raise PairUnavailable(f"no embedded default pair for family {family!r}; known: "
+                          f"{sorted(f for f, _ in DEFAULT_PAIRS.values())}")
+
+
+def default_pair_handle(*, cache=None, device: str = "cpu", name: str | None = None,
                         family: str = DEFAULT_FAMILY, **kw):
-    """Handle of the embedded default pair; gold from the SmolLM2 GGUF base (dequantised fp32)."""
+    """Handle of an embedded default pair; gold from its GGUF base model (dequantised fp32)."""
     from .evalset import make_pair_handle
 
+    name = name or default_pair_name(family)
     av, ar = default_pair_dirs(family)
-    return make_pair_handle(name, av, ar, base=f"gguf:{family}", cache=cache, device=device, family="llama",
-                            **kw)
+    return make_pair_handle(name, av, ar, base=f"gguf:{family}", cache=cache, device=device,
+                            family=DEFAULT_PAIRS[default_pair_name(family)][1], **kw)
 
 
 # --------------------------------------------------------------------------------------------- user pairs
@@ -187,7 +200,8 @@ def user_pair_handle(name: str, av_dir, ar_dir, *, bases: dict[str, str] | None 
 class PairRegistry:
     """Lazily built handles for the pairs of one session.
 
-    ``dirs``: {name: (av, ar)} from ``--pair``; empty means "the embedded default pair only".
+    ``dirs``: {name: (av, ar)} from ``--pair``; empty means "the embedded default pairs of ``defaults``"
+    (families, from ``--default-pairs``; SmolLM2 alone unless asked).
     ``backend``: the decoding backend of every handle built here (``--backend``).
     ``factories`` overrides how a name is built (tests use it for fixture pairs)."""
 
@@ -196,6 +210,7 @@ class PairRegistry:
     cache: object = None
     device: str = "cpu"
     backend: str = "hf"
+    defaults: tuple = (DEFAULT_FAMILY,)
     factories: dict[str, Callable[[], object]] = field(default_factory=dict)
     _handles: dict = field(default_factory=dict)
     _errors: dict = field(default_factory=dict)
@@ -204,7 +219,7 @@ class PairRegistry:
     def names(self) -> list[str]:
         if self.factories or self.dirs:
             return list(dict.fromkeys([*self.dirs, *self.factories]))
-        return [DEFAULT_PAIR_NAME]
+        return [default_pair_name(f) for f in self.defaults]
 
     def get(self, name: str):
         if name in self._handles:
@@ -218,8 +233,9 @@ class PairRegistry:
                 av, ar = self.dirs[name]
                 h = user_pair_handle(name, av, ar, bases=self.bases, cache=self.cache, device=self.device,
                                      backend=self.backend)
-            elif name == DEFAULT_PAIR_NAME and not self.dirs:
-                h = default_pair_handle(cache=self.cache, device=self.device, backend=self.backend)
+            elif name in DEFAULT_PAIRS and not self.dirs:
+                h = default_pair_handle(cache=self.cache, device=self.device, backend=self.backend,
+                                        family=DEFAULT_PAIRS[name][0])
             else:
                 raise PairUnavailable(f"pair {name!r} was not provided; {provide_hint(name)}")
         except PairUnavailable as e:

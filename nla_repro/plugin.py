@@ -25,6 +25,9 @@ def pytest_addoption(parser):
                 help="a checkpoint pair to evaluate; NAME is a released pair name "
                      "(qwen2.5-7b-L20, gemma3-12b-L32, gemma3-27b-L41, llama3.3-70b-L53) or any label. "
                      "Repeatable. Default: the embedded default pair.")
+    g.addoption("--default-pairs", default="smollm2", metavar="FAMILIES",
+                help="embedded default pairs to evaluate when no --pair is given, comma-separated families "
+                     "(smollm2, gemma3); two or more make the cross-family claims run on a real matrix")
     g.addoption("--base", action="append", default=[], metavar="NAME=BASE_DIR",
                 help="base model for pair NAME's gold activations (HF model dir, or 'fixture' / 'gguf:smollm2'); "
                      "default: the AV sidecar's base_checkpoint if it is local")
@@ -37,11 +40,17 @@ def pytest_addoption(parser):
     g.addoption("--refresh", action="store_true", default=False,
                 help="recompute cached results instead of reading them")
     g.addoption("--cache-dir", default=None, help="results cache root (default $NLA_REPRO_CACHE)")
+    g.addoption("--examples-dir", default=None, metavar="DIR",
+                help="folder of worked-example texts (<pair or base model name>.txt, the release repo's "
+                     "examples/); claims on worked examples skip naming the missing file without it "
+                     "(default $NLA_REPRO_EXAMPLES_DIR)")
 
 
 def pytest_configure(config):
     if config.getoption("--cache-dir"):
         os.environ["NLA_REPRO_CACHE"] = str(Path(config.getoption("--cache-dir")).resolve())
+    if config.getoption("--examples-dir"):
+        os.environ["NLA_REPRO_EXAMPLES_DIR"] = str(Path(config.getoption("--examples-dir")).resolve())
 
 
 def pytest_ignore_collect(collection_path, config):
@@ -68,6 +77,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def parse_default_pairs(value: str) -> tuple[str, ...]:
+    """`smollm2,gemma3` -> ("smollm2", "gemma3"); unknown families are a usage error naming the known ones."""
+    from .pairs import DEFAULT_PAIRS
+
+    known = [fam for fam, _ in DEFAULT_PAIRS.values()]
+    fams = tuple(dict.fromkeys(f.strip() for f in str(value).split(",") if f.strip()))
+    bad = [f for f in fams if f not in known]
+    if bad or not fams:
+        raise pytest.UsageError(f"--default-pairs {value!r}: unknown or empty family list {bad}; known: {known}")
+    return fams
+
+
 def parse_pair_option(values: list[str]) -> dict[str, tuple[Path, Path]]:
     """`NAME=AV_DIR,AR_DIR` -> {NAME: (av, ar)}; errors name the offending value."""
     pairs = {}
@@ -88,6 +109,7 @@ def parse_pair_option(values: list[str]) -> dict[str, tuple[Path, Path]]:
 def nla_options(pytestconfig):
     return {
         "pairs": parse_pair_option(pytestconfig.getoption("--pair")),
+        "default_pairs": parse_default_pairs(pytestconfig.getoption("--default-pairs")),
         "eval_size": pytestconfig.getoption("--eval-size"),
         "backend": pytestconfig.getoption("--backend"),
         "device": pytestconfig.getoption("--device") or ("cuda" if cuda_available() else "cpu"),

@@ -174,3 +174,46 @@ def test_loads_through_harness_and_greedy_is_repeatable(pair):
     scores = p.score(["Encyclopedic article: about city.", "Recipe instructions: about flour."], v)
     assert scores.shape == (2,) and np.all((scores >= 0) & (scores <= 4))
     assert extract_explanation("<explanation>\n x \n</explanation>") == "x"
+
+
+# ------------------------------------------------------------------------------------------ second family
+GEMMA = "gemma3"
+
+
+def test_gemma3_manifest_and_delta_shapes():
+    """Gemma-3-270M pair: 18 blocks, d 640, K = 12 (AR keeps 13 blocks), marker U+321C = 246566."""
+    from safetensors.torch import load_file
+
+    man = M.verify_deltas(GEMMA)
+    d = M.DELTAS_DIR / GEMMA
+    assert sum((d / e["file"]).stat().st_size for e in man["files"].values()) <= 25 * 1024 * 1024
+    sc = man["sidecar"]
+    assert (sc["extraction_layer_index"], sc["d_model"], sc["injection_token_id"]) == (12, 640, 246566)
+    assert sc["injection_char"] == "\u321c" and abs(sc["mse_scale"] - 640 ** 0.5) < 1e-9
+    av = load_file(str(d / man["files"]["av_lora"]["file"]))
+    ar = load_file(str(d / man["files"]["ar_lora"]["file"]))
+    assert len(av) == 18 * 7 * 2 and len(ar) == 13 * 7 * 2 and not any(k.startswith("layers.13.") for k in ar)
+    r = man["files"]["av_lora"]["rank"]
+    assert av["model.layers.0.self_attn.q_proj.lora_B"].shape == (1024, r)  # 4 heads x 256
+    assert float(av["model.layers.10.mlp.down_proj.lora_B"].float().abs().max()) > 0
+
+
+@pytest.mark.slow
+def test_gemma3_materializes_and_decodes_through_the_harness():
+    """The second family goes through the released-layout path: sidecar checks (BOS, sqrt(d) embedding
+    scale, neighbours), <end_of_turn> as a stop token, and on real held-out layer-12 activations (gold from
+    the GGUF base through the harness's extractor) repeatable greedy decodes that parse."""
+    from nla_repro.decoding import Decoding
+    from nla_repro.explanation import extract_explanation
+    from nla_repro.pairs import default_pair_handle
+
+    h = default_pair_handle(family=GEMMA, n_docs=4)  # gold from the first 4 held-out documents only
+    gen = json.loads((h.av_dir / "generation_config.json").read_text())
+    assert 106 in gen["eos_token_id"]  # <end_of_turn> ends the AV's answer
+    p = h.load()
+    assert p.layer_index == 12 and p.train_denominator is not None
+    v = h.eval_set(4).vectors
+    dec = Decoding(max_new_tokens=120)
+    a, b = p.verbalize(v, dec), p.verbalize(v, dec)
+    assert [x.token_ids for x in a] == [x.token_ids for x in b]
+    assert all(extract_explanation(x.text) for x in a), [x.text for x in a]

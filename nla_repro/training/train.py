@@ -399,6 +399,7 @@ def main(argv=None):
     LOG = str(out / "train.log")
     state = Path(args.state) if args.state else out / "state"
     cfg = smoke_config() if args.smoke else TrainConfig()
+    cfg.family = args.family
     if not args.smoke:
         for k, v in spec_of(args.family).train_overrides:
             setattr(cfg, k, v)

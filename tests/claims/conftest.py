@@ -15,14 +15,15 @@ import pytest
 
 from nla_repro.claims import load_claims
 from nla_repro.claims.run import ClaimRunner, plan_cases
-from nla_repro.pairs import DEFAULT_PAIR_NAME, PairRegistry, parse_base_option
-from nla_repro.plugin import parse_pair_option
+from nla_repro.pairs import PairRegistry, default_pair_name, parse_base_option
+from nla_repro.plugin import parse_default_pairs, parse_pair_option
 
 _RECORDED: set[str] = set()
 
 
 def _provided(config) -> list[str]:
-    return list(parse_pair_option(config.getoption("--pair"))) or [DEFAULT_PAIR_NAME]
+    return list(parse_pair_option(config.getoption("--pair"))) or \
+        [default_pair_name(f) for f in parse_default_pairs(config.getoption("--default-pairs"))]
 
 
 def pytest_generate_tests(metafunc):
@@ -47,7 +48,7 @@ def claim_runner(nla_options, nla_backend, pytestconfig):
     cache = ResultsCache()  # $NLA_REPRO_CACHE/results (--cache-dir sets the env var); the report reads it
     bases = parse_base_option(pytestconfig.getoption("--base", default=None) or [])
     registry = PairRegistry(dirs=nla_options["pairs"], bases=bases, cache=cache, device=nla_options["device"],
-                            backend=nla_backend)
+                            backend=nla_backend, defaults=nla_options["default_pairs"])
     return ClaimRunner(registry, cache=cache, eval_size=nla_options["eval_size"], refresh=nla_options["refresh"],
                        backend=nla_backend)
 
