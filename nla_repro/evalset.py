@@ -247,7 +247,7 @@ def make_pair_handle(name: str, av_dir, ar_dir, *, base: str | BaseModelSpec = "
     """A :class:`PairHandle` whose eval sets are built lazily from the held-out corpus; its pair decodes
     with ``backend`` (gold activations always come from the base model in this process).
 
-    ``base``: ``"fixture"`` (the AV as mechanics-only stand-in), ``"gguf:smollm2"`` (default pair), or a
+    ``base``: ``"fixture"`` (the AV as mechanics-only stand-in), ``"gguf:<family>"`` (a default pair's GGUF base), or a
     :class:`BaseModelSpec`.  ``adjacent`` adds eval sets at K-1 and K+1 (where the base has those blocks)
     under ``handle.adjacent_eval_sets[layer]``.  ``train_denominator`` comes from the sidecar
     (``metrics.train_rawvar``)."""

@@ -2,14 +2,15 @@
 
 Pairs come from two places:
 
-- the **embedded default pair** (``default-smollm2``): ``nla_repro.default_pair.materialize.materialize``
-  writes the released layout; its gold comes from the SmolLM2 GGUF base (``evalset.gguf_base``);
+- the **embedded default pairs** (:data:`DEFAULT_PAIRS`: ``default-smollm2``, ``default-gemma3``; which
+  ones with ``--default-pairs``): ``nla_repro.default_pair.materialize.materialize`` writes the released
+  layout; their gold comes from their GGUF base models (``evalset.gguf_base``);
 - **user pairs** from ``--pair NAME=AV_DIR,AR_DIR``. ``NAME`` is one of the released pair names
   (:data:`nla_repro.claims.RELEASED_PAIRS`) or any label. Gold activations need the pair's *base model*:
   ``--base NAME=DIR`` if given, else the AV sidecar's ``base_checkpoint`` (an existing directory, or a
   Hugging Face repo id already in the local HF cache -- nothing is downloaded). Two special values are
   passed straight to :func:`nla_repro.evalset.make_pair_handle`: ``fixture`` (the AV itself as a
-  mechanics-only stand-in) and ``gguf:smollm2`` (the default pair's base).
+  mechanics-only stand-in) and ``gguf:<family>`` (a default pair's base, e.g. ``gguf:smollm2``).
 
 Handles are built lazily by :class:`PairRegistry` (a pair that no selected test needs is never loaded),
 and a pair that cannot be built raises :class:`PairUnavailable` whose message says what is missing and how
@@ -65,7 +66,7 @@ def provide_hint(*names: str) -> str:
 
 
 def parse_base_option(values) -> dict[str, str]:
-    """``NAME=DIR`` (repeatable) -> {NAME: DIR}. DIR may also be ``fixture`` or ``gguf:smollm2``."""
+    """``NAME=DIR`` (repeatable) -> {NAME: DIR}. DIR may also be ``fixture`` or ``gguf:<family>``."""
     out: dict[str, str] = {}
     for v in values or []:
         name, sep, target = str(v).partition("=")
@@ -112,10 +113,10 @@ def default_pair_handle(*, cache=None, device: str = "cpu", name: str | None = N
     """Handle of an embedded default pair; gold from its GGUF base model (dequantised fp32)."""
     from .evalset import make_pair_handle
 
-    name = name or default_pair_name(family)
+    default_name = default_pair_name(family)
     av, ar = default_pair_dirs(family)
-    return make_pair_handle(name, av, ar, base=f"gguf:{family}", cache=cache, device=device,
-                            family=DEFAULT_PAIRS[default_pair_name(family)][1], **kw)
+    return make_pair_handle(name or default_name, av, ar, base=f"gguf:{family}", cache=cache, device=device,
+                            family=DEFAULT_PAIRS[default_name][1], **kw)
 
 
 # --------------------------------------------------------------------------------------------- user pairs
@@ -134,7 +135,7 @@ def _hf_cached_snapshot(repo_id: str) -> Path | None:
 def resolve_base(name: str, av_dir, bases: dict[str, str] | None = None) -> str | Path:
     """The base model of pair ``name``: ``--base`` first, else the AV sidecar's ``base_checkpoint``.
 
-    Returns a directory, or one of the special values ``fixture`` / ``gguf:smollm2``."""
+    Returns a directory, or one of the special values ``fixture`` / ``gguf:<family>``."""
     from .sidecar import load_sidecar
 
     if bases and name in bases:

@@ -24,12 +24,12 @@ def pytest_addoption(parser):
     g.addoption("--pair", action="append", default=[], metavar="NAME=AV_DIR,AR_DIR",
                 help="a checkpoint pair to evaluate; NAME is a released pair name "
                      "(qwen2.5-7b-L20, gemma3-12b-L32, gemma3-27b-L41, llama3.3-70b-L53) or any label. "
-                     "Repeatable. Default: the embedded default pair.")
+                     "Repeatable. Default: the embedded default pair(s) of --default-pairs.")
     g.addoption("--default-pairs", default="smollm2", metavar="FAMILIES",
                 help="embedded default pairs to evaluate when no --pair is given, comma-separated families "
                      "(smollm2, gemma3); two or more make the cross-family claims run on a real matrix")
     g.addoption("--base", action="append", default=[], metavar="NAME=BASE_DIR",
-                help="base model for pair NAME's gold activations (HF model dir, or 'fixture' / 'gguf:smollm2'); "
+                help="base model for pair NAME's gold activations (HF model dir, or 'fixture' / 'gguf:<family>'); "
                      "default: the AV sidecar's base_checkpoint if it is local")
     g.addoption("--eval-size", type=int, default=None, metavar="N",
                 help="number of held-out activations per experiment (default: per experiment)")

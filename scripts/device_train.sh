@@ -5,16 +5,17 @@
 # machine stays warm for only ~30 s after a call, so the base models travel as numbered chunks in
 # back-to-back calls and the training runs as detached daemons (setsid) that outlive the calls:
 #
-#   here:   python scripts/make_device_bundle.py          # writes .c1 .. .cN (git-ignored chunk folders)
-#   call 1: carry [.c1]   bash scripts/device_train.sh stash .c1 --deadline-in 1500
-#   call k: carry [.ck]   bash scripts/device_train.sh stash .ck [launch FAMILY [train.py args]]
+#   here:   python scripts/make_device_bundle.py ...     # writes .dev/chunks/c1 .. cN (git-ignored)
+#   call 1: carry [.dev/chunks/c1]   bash scripts/device_train.sh --deadline-in 1440 stash .dev/chunks/c1
+#   call k: carry [.dev/chunks/ck]   bash scripts/device_train.sh stash .dev/chunks/ck [launch FAMILY [train.py args]]
 #   then:   carry []      bash scripts/device_train.sh wait SECONDS      # progress + snapshot files in $OUT
 #   last:   carry []      bash scripts/device_train.sh fetch FAMILY       # final files in $OUT
 #
 # `stash` appends each chunk to its bundle under $STASH; `launch FAMILY` unpacks that family's bundle once
 # it is complete (sha256 of the tar and of the GGUF), copies the package out of the synced repo (later
 # calls re-sync it), and starts `python -m nla_repro.training.train` detached, with a deadline shared by
-# every daemon (set once by `--deadline-in SECONDS` in the first call).
+# every daemon (set once by `--deadline-in SECONDS` in the first call).  To stop the daemons from a call,
+# `pkill -f "m nla_repro[.]training"` (the bracket keeps pkill from matching the calling shell itself).
 set -euo pipefail
 STASH=${STASH:-$HOME/stash}
 OUT=${OUT:-/tmp/nla_out}

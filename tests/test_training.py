@@ -181,3 +181,47 @@ def test_av_targets_end_with_the_family_end_of_turn():
     assert av_target_ids(gemma, "Encyclopedic article.", eot)[-1] == 106
     smol = load_tokenizer("smollm2")
     assert end_of_turn_id(smol, FAMILIES["smollm2"].end_of_turn) == smol.eos_token_id == 2
+
+
+def test_package_writes_checksummed_deltas_and_extends_history(tmp_path):
+    """A training run's outputs become a deltas folder whose manifest checksums the files it wrote, and a
+    continued run appends its RL history and evaluation instead of replacing the earlier ones."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from nla_repro.assets import sha256_file
+    from nla_repro.training.package import package
+
+    run = tmp_path / "run"
+    run.mkdir()
+    A = {"model.layers.0.mlp.up_proj.lora_A": torch.ones(2, 576, dtype=torch.bfloat16),
+         "model.layers.0.mlp.up_proj.lora_B": torch.zeros(1536, 2, dtype=torch.bfloat16)}
+    save_file(A, str(run / "rl_av.safetensors"))
+    save_file({"layers.0.mlp.up_proj.lora_A": torch.ones(2, 576, dtype=torch.bfloat16),
+               "value_head.weight": torch.eye(576, dtype=torch.bfloat16)}, str(run / "rl_ar.safetensors"))
+    stage0 = {"injection_scale": 300.0, "train_rawvar": 0.5, "sources_train": {"wiki_lead": 3},
+              "n_train_docs": 2, "n_train_vectors": 3}
+    meta = {"family": "smollm2", "av_rank": 2, "av_alpha": 4.0, "ar_rank": 2, "ar_alpha": 4.0,
+            "injection_token_id": 27098}
+    first = {"meta": meta, "stage0": stage0, "config": {"rl_lr": 3e-5}, "rl_history": [{"step": 0}],
+             "eval_rl": {"fve_nrm": 0.4}}
+    (run / "metrics.json").write_text(json.dumps(first))
+    dest = tmp_path / "deltas"
+    package("smollm2", run, dest=dest)
+    man = json.loads((dest / "manifest.json").read_text())
+    for ent in man["files"].values():
+        assert sha256_file(dest / ent["file"]) == ent["sha256"]
+    assert set(load_file(str(dest / "ar_lora.safetensors"))) == {"layers.0.mlp.up_proj.lora_A"}  # head split off
+    assert load_file(str(dest / "value_head.safetensors"))["weight"].shape == (576, 576)
+    assert man["sidecar"]["train_rawvar"] == 0.5 and man["training"]["device_eval_rl_after_1"]["fve_nrm"] == 0.4
+
+    second = dict(first, rl_history=[{"step": 0}, {"step": 1}], eval_rl={"fve_nrm": 0.45})
+    (run / "metrics.json").write_text(json.dumps(second))
+    package("smollm2", run, dest=dest, continues=True)
+    hist = json.loads((dest / "training_metrics.json").read_text())
+    assert len(hist["rl_history"]) == 3 and len(hist["continuations"]) == 1
+    assert hist["eval_rl_after_1"]["fve_nrm"] == 0.4 and hist["eval_rl_after_3"]["fve_nrm"] == 0.45
+    with pytest.raises(ValueError, match="not 'gemma3'"):
+        package("gemma3", run, dest=tmp_path / "other")

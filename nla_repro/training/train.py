@@ -2,6 +2,7 @@
 
     python -m nla_repro.training.train --family smollm2 --out OUT [--state STATE] [--smoke]
         [--stages data,ar_sft,av_sft,eval_sft,rl,eval_rl] [--deadline-s 560] [--gguf PATH]
+        [--tokenizer DIR] [--init-deltas DELTAS_DIR] [--gpu-mem-fraction F] [--eval-reserve-s S] [--set k=v]
 
 Writes to OUT: ``<stage>_av.safetensors`` (AV LoRA A/B, bf16), ``<stage>_ar.safetensors`` (AR LoRA A/B +
 ``value_head.weight``, bf16), ``metrics.json``, ``samples.jsonl`` and ``train.log``.  STATE keeps fp32

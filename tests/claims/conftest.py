@@ -1,7 +1,7 @@
 """Claims suite wiring (collected only with ``--claims``; see nla_repro/plugin.py).
 
 One test per (claim, pair): ``test_claim[<claim-id>-<pair>]``. Pairs are the ``--pair`` options, else the
-embedded default pair ``default-smollm2``. Planning (which cases exist, which are skipped and why, which
+embedded default pairs of ``--default-pairs`` (``default-smollm2`` unless asked). Planning (which cases exist, which are skipped and why, which
 are ``gpu``) is :func:`nla_repro.claims.run.plan_cases`; evaluation is :class:`ClaimRunner`.
 
 The base model of a user pair comes from its AV sidecar's ``base_checkpoint`` or ``--base NAME=DIR`` (an
