@@ -152,6 +152,17 @@ def test_reversed_asymmetry_and_diagonal_fail():
         derive("matrix.asym.size_order", {"tiny-a": {}, "tiny-b": {}})
 
 
+def test_nan_matrix_cell_errors_instead_of_being_skipped():
+    """A failed cell (NaN) must not vanish inside min/max: Python's min(0.6, nan) is 0.6."""
+    fve = FVE003.copy()
+    fve[3, 1] = np.nan                      # llama70 -> gemma12: llama's row mean and one size delta are NaN
+    figs = {p: matrix_figs(fve=fve) for p in ORDER003}
+    with pytest.raises(ValueError, match=r"matrix\.row_mean is not finite on \['llama3\.3-70b-L53'\]"):
+        judged("s003-source-tiers", figs)
+    with pytest.raises(ValueError, match=r"asymmetry is not finite on \['llama3\.3-70b-L53->gemma3-12b-L32'\]"):
+        judged("s003-bigger-to-smaller", figs)
+
+
 def test_item_matrix_is_in_scope_order():
     """matrix.items.<item>.<i>.<j> cells -> rows = AV, columns = AR, both in the claim's scope order."""
     pub = get_claim("s003-item-lost").published
@@ -246,7 +257,9 @@ def test_derivations_are_used_by_the_registry():
 
 PROBE = "_aggregate_probe"
 PROBE_ALL = "_aggregate_probe_all_pairs"
+PROBE_RAISE = "_aggregate_probe_raises"
 PROBE_FIGS: dict = {}
+PROBE_EXC: list = []   # the exception PROBE_RAISE raises
 
 
 def _register_probes():
@@ -257,6 +270,11 @@ def _register_probes():
         experiment(PROBE, **conv)(lambda ctx, pair_name: dict(PROBE_FIGS[pair_name]))
     if PROBE_ALL not in REG:
         experiment(PROBE_ALL, needs=("all_pairs",), **conv)(lambda ctx, pair_name: dict(PROBE_FIGS["all"]))
+    if PROBE_RAISE not in REG:
+        def _raise(ctx, pair_name):
+            raise PROBE_EXC[0]
+
+        experiment(PROBE_RAISE, **conv)(_raise)
 
 
 @pytest.fixture(scope="module")
@@ -303,3 +321,16 @@ def test_runner_errors_name_the_missing_input_and_unmeasured_reason(registry, mo
     monkeypatch.setitem(UNMEASURED, "examples.fve", "probe: no experiment decodes the worked examples")
     res = r.evaluate(_case(worked, PROBE))
     assert res.status == "error" and "not measured yet: probe: no experiment decodes" in res.message
+
+
+def test_runner_skips_only_on_experiment_skipped(registry):
+    """ExperimentSkipped (a user-supplied input is absent) -> SKIPPED with its reason; any other error ERRORs."""
+    from nla_repro.experiments.base import ExperimentSkipped
+
+    case = _case("recipe-qwen-pos99-greedy", PROBE_RAISE)
+    PROBE_EXC[:] = [ExperimentSkipped("probe: no worked-example text for qwen2.5-7b-L20 (pass --examples-dir)")]
+    res = ClaimRunner(registry, cache=None).evaluate(case)
+    assert res.status == "skipped" and "no worked-example text" in res.message and res.measured is None
+    PROBE_EXC[:] = [FileNotFoundError("probe: examples dir vanished")]
+    res = ClaimRunner(registry, cache=None).evaluate(case)
+    assert res.status == "error" and "FileNotFoundError: probe: examples dir vanished" in res.message

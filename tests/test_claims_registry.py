@@ -189,9 +189,15 @@ def test_eq_printed_pass_and_fail():
     assert judge(n, 976).status == "fail"
 
 
-def test_eq_printed_keeps_trailing_zeros():
+def test_eq_printed_keeps_trailing_zeros(tmp_path):
     c = _c("recipe-qwen-mse-scale")
     assert c.form.printed == "59.86652" and c.tolerance == pytest.approx(0.000005)
+    # a printed "0.7300" claims four decimals: half a unit is 0.00005, not 0.005 as for "0.73"
+    e = dict(_GOOD_CLAIM, id="s000-trailing-zeros", published="0.7300", comparator="eq_printed")
+    del e["tolerance"]
+    (z,) = load_claim_file(_registry(tmp_path, e))
+    assert z.form.printed == "0.7300" and z.tolerance == pytest.approx(0.00005)
+    assert judge(z, 0.73004).status == "pass" and judge(z, 0.7301).status == "fail"
     c2 = _c("s001-l41-nmse")  # printed "0.013"
     assert c2.tolerance == pytest.approx(0.0005)
     assert judge(c2, 0.0130).status == "pass"

@@ -28,14 +28,14 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from .schema import RELEASED_PAIRS
+
 __all__ = ["DERIVED", "Derived", "MissingFigure", "MODEL_SIZE_B", "derive", "is_derived", "inputs_of"]
 
 PerPair = Mapping[str, Mapping[str, Any]]
-QWEN, GEMMA12, GEMMA27, LLAMA70 = "qwen2.5-7b-L20", "gemma3-12b-L32", "gemma3-27b-L41", "llama3.3-70b-L53"
+QWEN, GEMMA12, GEMMA27, LLAMA70 = RELEASED_PAIRS
 #: parameter count (billions) of each released pair's base model (seed 003 §3's "size-ordered pairs")
 MODEL_SIZE_B = {QWEN: 7, GEMMA12: 12, GEMMA27: 27, LLAMA70: 70}
-#: seed 002's category order in every by_category list (two_tier_controls.CATEGORIES)
-CATEGORY_INDEX = {"chat": 0, "code": 1, "agent": 2, "reasoning": 3}
 
 
 class MissingFigure(KeyError):
@@ -64,7 +64,7 @@ def short(name: str) -> str:
 
 def finite(values: list, what: str, pairs: list[str]) -> list[float]:
     """``values`` as floats; ValueError naming the pair whose value is NaN/inf (an argmax over NaN is
-    meaningless)."""
+    meaningless, and Python's min/max silently skip a NaN that is not first)."""
     out = [float(v) for v in values]
     bad = [p for p, v in zip(pairs, out) if not np.isfinite(v)]
     if bad:
@@ -83,6 +83,14 @@ def trajectory(per_pair: PerPair, key: str, index: int | None = None) -> list:
     """Figure ``key`` on every scope pair, in scope order (element ``index`` of a list figure if given)."""
     out = [fig(per_pair, p, key) for p in per_pair]
     return out if index is None else [v[index] for v in out]
+
+
+def category_trajectory(per_pair: PerPair, key: str, category: str) -> list:
+    """:func:`trajectory` of one category's element of a ``by_category`` list figure (lists ordered by
+    :data:`nla_repro.experiments.two_tier_controls.CATEGORIES`)."""
+    from ..experiments.two_tier_controls import CATEGORIES  # experiments import lazily, as in run.py
+
+    return trajectory(per_pair, key, CATEGORIES.index(category))
 
 
 def change(per_pair: PerPair, key: str) -> Any:
@@ -146,7 +154,9 @@ def frac_argmax(per_pair: PerPair) -> str:
 def tier_gap(per_pair: PerPair, low: tuple[str, ...], high: tuple[str, ...]) -> float:
     """min over ``high`` of the off-diagonal row mean ``matrix.row_mean.<p>`` minus max over ``low``:
     >= 0 when every source in the high tier writes explanations read better than every low-tier one."""
-    row = {p: float(fig(per_pair, p, f"matrix.row_mean.{short(p)}")) for p in low + high}
+    names = list(low + high)
+    vals = finite([fig(per_pair, p, f"matrix.row_mean.{short(p)}") for p in names], "matrix.row_mean", names)
+    row = dict(zip(names, vals))   # finite: Python's min/max would silently drop a NaN row mean
     return min(row[p] for p in high) - max(row[p] for p in low)
 
 
@@ -162,16 +172,17 @@ def size_order_min(per_pair: PerPair, exclude: frozenset = frozenset()) -> float
     if missing:
         raise ValueError(f"size-ordered pairs: no base-model size known for {missing} (known: {list(MODEL_SIZE_B)})")
     pairs = list(per_pair)
-    deltas = []
+    deltas, labels = [], []
     for k, a in enumerate(pairs):
         for b in pairs[k + 1:]:
             if MODEL_SIZE_B[a] == MODEL_SIZE_B[b] or frozenset((a, b)) in exclude:
                 continue
             big, small = (a, b) if MODEL_SIZE_B[a] > MODEL_SIZE_B[b] else (b, a)
             deltas.append(asymmetry(per_pair, big, small))
+            labels.append(f"{big}->{small}")
     if not deltas:
         raise ValueError(f"no size-ordered pair left among {pairs} after excluding {sorted(map(sorted, exclude))}")
-    return min(deltas)
+    return min(finite(deltas, "size-ordered fve asymmetry", labels))   # a NaN would be skipped by min()
 
 
 def item_matrix(per_pair: PerPair, item: str) -> list[list[float]]:
@@ -201,8 +212,8 @@ DERIVED: dict[str, Derived] = {
     "two_tier.fve.argmax": Derived(partial(argmax_pair, key="two_tier.fve.overall"), ("two_tier.fve.overall",)),
     "two_tier.recall.trajectory": Derived(partial(trajectory, key="two_tier.recall.overall"),
                                           ("two_tier.recall.overall",)),
-    **{f"two_tier.recall.{c}.trajectory": Derived(partial(trajectory, key="two_tier.recall.by_category",
-                                                          index=CATEGORY_INDEX[c]), ("two_tier.recall.by_category",))
+    **{f"two_tier.recall.{c}.trajectory": Derived(partial(category_trajectory, key="two_tier.recall.by_category",
+                                                          category=c), ("two_tier.recall.by_category",))
        for c in ("chat", "agent")},
     "two_tier.recall.spread_delta": Derived(partial(change, key="two_tier.recall.spread"), ("two_tier.recall.spread",)),
     "two_tier.recall.category_gains": Derived(partial(change, key="two_tier.recall.by_category"),

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
 import numpy as np
@@ -407,11 +407,8 @@ class ClaimRunner:
     @staticmethod
     def _skipped(case: ClaimCase, why: str) -> ClaimResult:
         c = case.claim
-        return ClaimResult(claim_id=c.id, source=c.source, pair=case.pair, published=_published_for_record(c),
-                           measured=None, tolerance=None, comparator=c.form.comparator, status="skipped",
-                           message=f"[{c.id} · {c.source}] SKIPPED: experiment {c.experiment!r} on {case.pair}: {why}",
-                           ci=None, protocol_note=f"registry protocol '{dict(c.protocol).get('name') or 'inline'}'",
-                           conventions={}, provenance={})
+        msg = f"[{c.id} · {c.source}] SKIPPED: experiment {c.experiment!r} on {case.pair}: {why}"
+        return untested_result(replace(case, status="skipped", reason=msg))
 
     def _error(self, case: ClaimCase, results: list[ExperimentResult], why: str) -> ClaimResult:
         c = case.claim
