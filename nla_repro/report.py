@@ -428,8 +428,9 @@ def _provenance_section(exps: list[ExperimentResult], claims: list[ClaimResult])
     for r in [*exps, *claims]:
         if not r.provenance:
             continue
-        # group by the software/hardware environment only; checkpoints and code versions are per-result
-        # facts (shown in the experiments table), not environments
+        # group by the software/hardware environment only; checkpoints, code versions and the decoding
+        # backend are per-result facts (kept in each record's provenance; the backend is also in the
+        # experiments table's protocol column), not environments
         env = r.provenance.get("environment", r.provenance)
         d = sha256_canonical(env)[:12]
         fp, n = groups.get(d, (env, 0))

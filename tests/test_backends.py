@@ -161,6 +161,8 @@ def test_cache_key_and_provenance_name_the_backend(tiny, tmp_path, other_engine)
     assert r_hf.provenance["backend"] == k_hf["backend"]
     assert r_other.provenance["backend"] == {"tiny": {"name": "other-engine", "version": "0.0-test",
                                                       "code": k_other["backend"]["tiny"]["code"]}}
+    assert r_hf.protocol["backend"] == {"tiny": f"hf {backends.identity('hf')['version']}"}
+    assert r_other.protocol["backend"] == {"tiny": "other-engine 0.0-test"}   # named in the report's table
     assert r_hf.figures["explanation.tag_failure_rate"] == r_other.figures["explanation.tag_failure_rate"]
 
 

@@ -181,6 +181,11 @@ def test_all_pairs_experiments(world, name):
             for b in ("llama", "qwen2"):
                 assert math.isfinite(r.figures[f"cross_family.fve.{a}.{b}"])
         assert r.figures["transfer_matrix"]["sources"] == ["llama", "qwen2"]
+        f = r.figures   # fraction of the target's own ceiling, under both vocabularies
+        assert f["cross_family.ratio.llama.qwen2"] == pytest.approx(f["cross_family.fve.llama.qwen2"]
+                                                                    / f["cross_family.fve.qwen2.qwen2"])
+        assert f["cross_family.ratio.qwen2.llama"] == f["matrix.frac.qwen2.llama"]
+        assert f["cross_family.ratio"] == f["matrix.frac"] and len(f["matrix.frac"]) == 2
         rates = [r.figures[f"cross_family.tag_failure_rate.{q}"] for q in ("llama", "qwen2")]
         assert r.figures["matrix.tag_failure_rate"] == pytest.approx(np.mean(rates))  # equal decodes per AV
         # both fixtures share the SmolLM2 tokenizer: aligned = reference positions, all >= stage-0's 50

@@ -11,7 +11,7 @@ Tolerances (also in the files):
   values that are ~0).
 * fixture greedy decodes ................. token ids / texts exact (CPU fp32, 2 threads); AR scores
   (mse_nrm) atol 1e-5; norms rtol 1e-5 (predictions), 1e-6 (injected rows, input head).
-* default pair (when built) .............. token ids / texts exact; mse_nrm atol 1e-4; gold norms rtol 1e-5.
+* default pair (SmolLM2, materialized) .. token ids / texts exact; mse_nrm atol 1e-4; gold norms rtol 1e-5.
 
 Regenerate deliberately with ``pytest tests/test_golden.py --snapshot-update`` and review the diff of
 ``golden/``.  A drift failure lists each path with expected, found and tolerance.

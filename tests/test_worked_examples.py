@@ -303,11 +303,8 @@ def test_base_checkpoint_name_is_a_candidate_file(world):
     from nla_repro.sidecar import load_sidecar
 
     h = world["handles"]["llama"]
-    bc = load_sidecar(h.av_dir).raw.get("base_checkpoint")
-    files = candidate_files(h)
-    assert files[0] == "llama.txt"
-    if bc:
-        assert files[1] == f"{str(bc).rstrip('/').split('/')[-1]}.txt"
+    assert load_sidecar(h.av_dir).raw["base_checkpoint"] == "nla-repro/tiny-random-llama"
+    assert candidate_files(h) == ["llama.txt", "tiny-random-llama.txt"]
 
 
 def test_bad_settings_are_errors_not_silent(world):

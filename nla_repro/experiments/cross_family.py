@@ -250,20 +250,18 @@ def cross_family(ctx, pair_name):
                                           n_boot=int(p["n_boot"]))
             null = metrics.fve_nrm(shuffled_null_mse(pairs[j], texts[i], gold[j]), v_own)
             fve[a, b] = f
-            item_fve[a, b, idx] = 1.0 - np.asarray(mse, dtype=np.float64) / v_own
+            item_fve[a, b, idx] = metrics.fve_per_sample(mse, v_own)
             nulls.append(null)
             rmn.append(f - null)
             figs.update({f"cross_family.fve.{key}": f, f"cross_family.ci.{key}": list(ci),
                          f"cross_family.null.{key}": null, f"cross_family.real_minus_null.{key}": f - null,
                          f"cross_family.n_scored.{key}": len(idx)})
-    ratios = []
-    for a, i in enumerate(names):
-        for b, j in enumerate(names):
-            if a != b and np.isfinite(fve[b, b]) and fve[b, b] != 0:
-                r = float(fve[a, b] / fve[b, b])
-                ratios.append(r)
-                figs[f"cross_family.ratio.{short(i)}.{short(j)}"] = r
-    figs.update(matrix_summaries(names, fve, figs))
+    summaries = matrix_summaries(names, fve, figs)
+    # cross_family.ratio.<i>.<j> is seed 000/001's name for seed 003's matrix.frac.<i>.<j> (one computation)
+    ratios = summaries.get("matrix.frac", [])
+    figs.update({f"cross_family.ratio.{short(i)}.{short(j)}": summaries[f"matrix.frac.{short(i)}.{short(j)}"]
+                 for i in names for j in names if f"matrix.frac.{short(i)}.{short(j)}" in summaries})
+    figs.update(summaries)
     figs.update(item_figures(names, item_fve, rows, es_ref.final_tokens))
     figs.update(left_context_figures(aligned))
     figs.update({

@@ -32,7 +32,7 @@ import numpy as np
 
 from .. import metrics
 from ..decoding import Decoding
-from ..explanation import FailureConvention, parse
+from ..explanation import AR_PROMPT_MAX_TOKENS, FailureConvention, parse
 from ..prompts import ar_prompt_ids
 from . import textops as T
 from .base import experiment
@@ -43,7 +43,7 @@ CONDITIONS = ("baseline", "dq", "both")
 BANNED_CHARS = {"baseline": frozenset(), "dq": T.DOUBLE_QUOTE_CHARS,
                 "both": T.DOUBLE_QUOTE_CHARS | T.SINGLE_QUOTE_CHARS}
 COMMON_DEFAULTS = {"max_new_tokens": 150, "batch_size": 16, "failure_convention": "training_drop",
-                   "ar_max_tokens": 300, "decoding": None}
+                   "ar_max_tokens": AR_PROMPT_MAX_TOKENS, "decoding": None}
 
 
 def decoding_from(p: dict) -> Decoding:
@@ -96,7 +96,7 @@ def _ids_digest(ids) -> str:
 
 
 def decode_condition(pair, es, decoding: Decoding, *, banned_ids=None, convention="training_drop",
-                     batch_size: int = 16, ar_max_tokens: int | None = 300, vectors=None, key_extra="") -> Decodes:
+                     batch_size: int = 16, ar_max_tokens: int | None = AR_PROMPT_MAX_TOKENS, vectors=None, key_extra="") -> Decodes:
     """Verbalize ``es.vectors`` (or ``vectors``) and parse under a named failure convention (memoised
     per process on pair object, eval-set manifest, decoding, banned ids, convention)."""
     conv = FailureConvention(convention)

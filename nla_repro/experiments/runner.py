@@ -8,8 +8,9 @@ the eval-set manifest hashes (main and, where used, adjacent layers), ``n``, the
 registration, a code version (runner version + sha256 of the experiment's module source + nla_repro
 version), the experiment params from ``ctx.options[name]``, the device, the content identity of any extra
 inputs the registration declares (``inputs=``; e.g. a worked-example text's sha256), and the decoding
-backend's name, version and code digest (``nla_repro.backends.identity``; an unavailable backend raises ``BackendUnavailable``
-before the cache is read or anything is computed).  The backend also goes into the result's provenance.
+backend's name, version and code digest (``nla_repro.backends.identity``; an unavailable backend raises
+``BackendUnavailable`` before the cache is read or anything is computed).  The backend also goes into the
+result's provenance, and its name and version into the protocol (the report's experiments table).
 
 Experiment functions return a dict of figures.  Keys starting with ``_`` are reserved for the runner
 and removed from the figures: ``_n`` (rows behind the figures; default: the resolved n),
@@ -193,7 +194,8 @@ def _compute(name: str, ctx: ExperimentContext, pair_name: str, key: dict) -> Ex
     conventions.update(reserved.get("_conventions", {}))
     used = pairs_for(name, ctx, pair_name)
     protocol = {"experiment": name, "n_requested": key["n"], "params": key["params"],
-                "eval_sets": {p: ctx.pairs[p].eval_set(key["n"]).name for p in used}}
+                "eval_sets": {p: ctx.pairs[p].eval_set(key["n"]).name for p in used},
+                "backend": {p: f"{b['name']} {b['version']}" for p, b in key["backend"].items()}}
     protocol.update(reserved.get("_protocol", {}))
     fp = provenance.environment_fingerprint()
     prov = {"cache_step": key["step"], "checkpoints": key["checkpoint"], "eval_manifest": key["eval_manifest"],

@@ -68,7 +68,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import metrics
-from ..activations import extract_layer, tokenize_document
+from ..activations import SamplerConfig, extract_layer, tokenize_document
+from ..assets import sha256_file
 from ..explanation import FailureConvention, parse
 from .base import ExperimentSkipped, experiment
 from .corroboration import convention_of, decode, decoding_for, train_denominator
@@ -81,7 +82,7 @@ RELEASED_EXCLUDE_FIRST = {"qwen2.5-7b-L20": 24, "gemma3-12b-L32": 4, "gemma3-27b
 #: recipe §7.1 sampling-variance sections name these positions
 RELEASED_SAMPLING_POSITIONS = {"qwen2.5-7b-L20": [99], "llama3.3-70b-L53": [110]}
 N_SAMPLES = 4
-MAX_LENGTH = 4096
+MAX_LENGTH = SamplerConfig().max_length  # stage-0's context cap (4096)
 _SENTINEL = "NLAWORKEDEXAMPLESENTINEL"
 DEFAULTS = {"examples_dir": None, "exclude_first": None, "sampling_positions": None, "n_samples": N_SAMPLES,
             "sample_seed": 0, "batch_size": 16, "max_length": MAX_LENGTH, "bos": "keep"}
@@ -136,7 +137,7 @@ def find_text(ctx, pair_name: str) -> tuple[Path, str]:
 def _inputs(ctx, pair_name: str) -> dict:
     path, _ = find_text(ctx, pair_name)
     spec = getattr(ctx.pairs[pair_name], "base_spec", None)
-    return {"text_file": path.name, "text_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+    return {"text_file": path.name, "text_sha256": sha256_file(path),
             "base_model": getattr(spec, "model_id", None)}
 
 
