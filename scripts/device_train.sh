@@ -101,7 +101,7 @@ while [ $# -gt 0 ]; do
           report
           for d in "$STASH"/out/*/; do copy_out "$(basename "$d")" metrics.json train.log; done;;
     fetch) fam=$2; shift 2; report
-           copy_out "$fam" rl_av.safetensors rl_ar.safetensors sft_av.safetensors sft_ar.safetensors \
+           copy_out "$fam" rl_av.safetensors rl_ar.safetensors polish_av.safetensors polish_ar.safetensors \
              metrics.json train.log samples.jsonl;;
     *) echo "unknown argument $1" >&2; exit 2;;
   esac

@@ -47,3 +47,18 @@ def _torch_threads():
 
 
 ALL_FAMILIES = FAMILIES
+
+
+@pytest.fixture
+def tiny_llama():
+    """Factory for a 4-block random Llama (d = 64) with SmolLM2's vocabulary size, for training-loop tests."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    def build():
+        torch.manual_seed(0)
+        cfg = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                          num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
+                          tie_word_embeddings=True)
+        return LlamaForCausalLM(cfg).eval()
+
+    return build

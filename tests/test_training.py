@@ -110,17 +110,7 @@ def test_lora_state_roundtrip_and_merge_state_dict():
 
 
 # ------------------------------------------------------------------------------------------ smoke step
-def _tiny_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
-                      tie_word_embeddings=True)
-    return LlamaForCausalLM(cfg).eval()
-
-
-def test_cpu_smoke_ar_sft_step_lowers_loss():
+def test_cpu_smoke_ar_sft_step_lowers_loss(tiny_llama):
     """The real AR-SFT loop (train_ar_sft) on a tiny random Llama with the SmolLM2 tokenizer: mse_nrm on a
     handful of (warm-start text, gold vector) pairs must fall over a few steps."""
     from nla_repro.fixtures.tokenizers import load_tokenizer
@@ -129,7 +119,7 @@ def test_cpu_smoke_ar_sft_step_lowers_loss():
     from nla_repro.training.train import train_ar_sft
 
     tok = load_tokenizer("smollm2")
-    base = _tiny_llama()
+    base = tiny_llama()
     ar = ARModel(base, layer=2)
     assert ar.backbone.config.num_hidden_layers == 3 and len(ar.backbone.layers) == 3
     assert isinstance(ar.backbone.norm, torch.nn.Identity)

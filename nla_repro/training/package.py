@@ -45,8 +45,15 @@ def merged_metrics(previous: dict | None, run: dict) -> dict:
     else:
         out["device"], out["versions"] = run.get("device"), run.get("versions")
     out["rl_history"] = list(out.get("rl_history", [])) + list(run.get("rl_history", []))
-    if "eval_rl" in run:
-        out[f"eval_rl_after_{len(out['rl_history'])}"] = run["eval_rl"]
+    n = len(out["rl_history"])
+    for k in ("eval_rl", "polish", "eval_polish"):  # the polish pass follows RL step n
+        if k in run:
+            key, j = f"{k}_after_{n}", 2
+            while key in out:  # a repeated measurement of the same weights is kept beside the first
+                key, j = f"{k}_after_{n}_repeat{j}", j + 1
+            out[key] = run[k]
+    if "polish_trials" in run:  # passes that were tried and not shipped, with their evaluations
+        out.setdefault("polish_trials", []).extend(run["polish_trials"])
     return out
 
 

@@ -1,7 +1,7 @@
 """End-to-end training of the default pair: stage 0 -> AR SFT -> AV SFT -> GRPO RL -> held-out eval.
 
     python -m nla_repro.training.train --family smollm2 --out OUT [--state STATE] [--smoke]
-        [--stages data,ar_sft,av_sft,eval_sft,rl,eval_rl] [--deadline-s 560] [--gguf PATH]
+        [--stages data,ar_sft,av_sft,eval_sft,rl,eval_rl,polish,eval_polish] [--deadline-s 560] [--gguf PATH]
         [--tokenizer DIR] [--init-deltas DELTAS_DIR] [--gpu-mem-fraction F] [--eval-reserve-s S] [--set k=v]
 
 Writes to OUT: ``<stage>_av.safetensors`` (AV LoRA A/B, bf16), ``<stage>_ar.safetensors`` (AR LoRA A/B +
@@ -52,6 +52,16 @@ def nice_scale(mean_norm: float) -> float:
         if k * e >= target:
             return float(k * e)
     return float(10 * e)
+
+
+def parse_override(name: str, text: str, current):
+    """``--set name=value`` typed like the field's default; bools take true/false/1/0 (bool("False") is True)."""
+    if isinstance(current, bool):
+        low = text.strip().lower()
+        if low not in ("true", "false", "1", "0"):
+            raise ValueError(f"--set {name}={text}: expected true/false/1/0")
+        return low in ("true", "1")
+    return type(current)(text)
 
 
 def lr_at(step: int, total: int, peak: float, warm: int) -> float:
@@ -406,7 +416,7 @@ def main(argv=None):
             setattr(cfg, k, v)
     for kv in args.set:
         k, v = kv.split("=", 1)
-        setattr(cfg, k, type(getattr(cfg, k))(v))
+        setattr(cfg, k, parse_override(k, v, getattr(cfg, k)))
     if args.init_deltas:
         adopt_delta_shapes(Path(args.init_deltas), cfg)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -519,6 +529,18 @@ def main(argv=None):
     if "eval_rl" in stages:
         round_all(av, ar)
         metrics["eval_rl"] = evaluate("rl", cfg, av, ar, tok, prompt, evs, device, scale, V, samples_path)
+        dump()
+    if "polish" in stages:
+        from .polish import polish
+
+        metrics["polish"] = polish(cfg, av, ar, tok, prompt, train, device, scale, V, end_id=END_ID,
+                                   extra_stop=EXTRA_STOP, stop_at=deadline - 45, log=log)
+        round_all(av, ar)
+        save_deltas(out, "polish", av, ar)
+        dump()
+    if "eval_polish" in stages:
+        round_all(av, ar)
+        metrics["eval_polish"] = evaluate("polish", cfg, av, ar, tok, prompt, evs, device, scale, V, samples_path)
         dump()
     metrics["meta"] = {"family": args.family, "layer": spec.layer, "injection_char": spec.injection_char,
                        "injection_token_id": prompt.marker_id, "left": prompt.left_id, "right": prompt.right_id,
