@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--n", type=int, default=64, help="number of held-out activations")
     r.add_argument("--device", default="cpu")
     r.add_argument("--backend", default=DEFAULT_BACKEND, choices=sorted(BACKENDS),
-                   help="AV decoding engine (hf is the reference; others need their engine installed)")
+                   help="AV decoding engine (hf is the reference; sglang and vllm need a live server, see backends/)")
     r.add_argument("--refresh", action="store_true", help="recompute instead of reading the cache")
     r.add_argument("--json", action="store_true", help="also print the summary as JSON")
     r.set_defaults(fn=cmd_run)

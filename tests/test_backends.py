@@ -4,25 +4,30 @@ experiment's cache key and provenance."""
 
 from __future__ import annotations
 
+import base64
 import importlib.util
+import io
+import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from nla_repro import backends
 from nla_repro.backends import BackendUnavailable
-from nla_repro.backends import sglang
+from nla_repro.backends import sglang, vllm
 from nla_repro.cache import CacheKey, ResultsCache
 from nla_repro.decoding import Decoding
 from nla_repro.fixtures.factory import FAMILIES
 from nla_repro.verbalize import Verbalization, _eos_ids, build_av_inputs, verbalize
 
 ROOT = Path(__file__).resolve().parents[1]
-ENGINES = {"sglang": "sglang", "vllm": "vllm"}  # backend -> the package that must be importable
+ENGINES = {"sglang": "sglang"}  # backend -> the package that must be importable (vllm's client needs a URL)
 MISSING = [b for b, pkg in ENGINES.items() if importlib.util.find_spec(pkg) is None]
 needs_missing = pytest.mark.skipif(not MISSING, reason="every serving engine is installed here")
 OPTIONS = {"corroboration": {"max_new_tokens": 8, "failure_convention": "client_raw", "gaussian_null": False,
@@ -213,3 +218,160 @@ def test_sglang_reply_parsing_reproduces_the_hf_convention(loaded_pair, rng):
     with pytest.raises(RuntimeError, match="abort"):
         sglang.verbalization_from_reply({"output_ids": [], "meta_info": {"finish_reason": {"type": "abort"}}},
                                         pair.av.tokenizer, eos)
+
+
+# ------------------------------------------------------------------------------------------ vllm client
+
+def _sent_embeds(payload: dict) -> torch.Tensor:
+    """What the vLLM server loads from a payload (its loader: base64 -> torch.load(weights_only=True))."""
+    return torch.load(io.BytesIO(base64.b64decode(payload["prompt_embeds"], validate=True)), weights_only=True)
+
+
+def test_vllm_launch_needs_prompt_embeds_and_no_prefix_caching():
+    args = vllm.launch_args("AV_DIR")
+    vllm.check_launch_args(args)
+    for flag in vllm.REQUIRED_FLAGS:
+        with pytest.raises(ValueError, match=re.escape(flag)):
+            vllm.check_launch_args([a for a in args if a != flag])
+    with pytest.raises(ValueError, match=r"--enable-prompt-embeds.*--no-enable-prefix-caching.*trap #7"):
+        vllm.check_launch_args(["vllm", "serve", "AV_DIR"])
+
+
+def test_vllm_payload_round_trips_the_embeds_bit_for_bit(rng):
+    e = (rng.normal(size=(7, 16)) * 3e4).astype(np.float32)  # Gemma-sized values, where bf16 would round
+    got = _sent_embeds(vllm.completions_payload(e, Decoding(), 150, "av"))
+    assert got.dtype == torch.float32 and tuple(got.shape) == (7, 16)
+    np.testing.assert_array_equal(got.numpy().view(np.uint32), e.view(np.uint32))
+
+    bf16 = torch.from_numpy(e).to(torch.bfloat16)  # an AV loaded in bf16: widened losslessly
+    assert torch.equal(_sent_embeds(vllm.completions_payload(bf16, Decoding(), 150, "av")).to(torch.bfloat16), bf16)
+
+    big = torch.from_numpy(rng.normal(size=(200, 16)).astype(np.float32))
+    rows = vllm.completions_payload(big[10:12], Decoding(), 150, "av")  # a view: only its rows travel
+    assert torch.equal(_sent_embeds(rows), big[10:12])
+    compact = vllm.completions_payload(big[10:12].clone(), Decoding(), 150, "av")
+    assert len(rows["prompt_embeds"]) == len(compact["prompt_embeds"])  # not the 200-row storage
+
+
+def test_vllm_payload_is_greedy_embeds_only_with_every_sampling_field_explicit():
+    p = vllm.completions_payload(np.zeros((3, 4)), Decoding(), 150, "av")
+    vllm.check_payload(p)
+    assert "prompt" not in p and p["model"] == "av" and p["max_tokens"] == 150 and p["n"] == 1
+    assert (p["temperature"], p["top_p"], p["top_k"], p["min_p"]) == (0.0, 1.0, 0, 0.0)
+    assert (p["repetition_penalty"], p["presence_penalty"], p["frequency_penalty"]) == (1.0, 0.0, 0.0)
+    assert p["skip_special_tokens"] is False and p["return_token_ids"] is True and p["stream"] is False
+    with pytest.raises(ValueError, match="text prompt together with prompt_embeds"):
+        vllm.check_payload({**p, "prompt": "explain"})
+    with pytest.raises(ValueError, match="no prompt_embeds"):
+        vllm.check_payload({k: x for k, x in p.items() if k != "prompt_embeds"})
+    sampled = vllm.completions_payload(np.zeros((3, 4)), Decoding(greedy=False, temperature=0.7, top_p=0.9,
+                                                                   top_k=5), 150, "av")
+    assert (sampled["temperature"], sampled["top_p"], sampled["top_k"]) == (0.7, 0.9, 5)
+
+
+@pytest.mark.parametrize("shape", [(4,), (1, 3, 4), (0, 4)])
+def test_vllm_payload_refuses_anything_but_one_2d_embeds(shape):
+    with pytest.raises(ValueError, match=re.escape(str(shape))):
+        vllm.completions_payload(np.zeros(shape), Decoding(), 150, "av")
+
+
+def test_vllm_row_payloads_carry_the_hf_inputs(loaded_pair, rng):
+    pair = loaded_pair("gemma3")
+    v = rng.normal(size=(3, pair.d_model)).astype(np.float32)
+    dec = Decoding()
+    payloads = vllm.row_payloads(pair.av, v, dec, "served-av")
+    inputs = build_av_inputs(pair.av, v)
+    assert len(payloads) == 3
+    for b, p in enumerate(payloads):
+        keep = inputs.attention_mask[b].bool()
+        want = inputs.inputs_embeds[b][keep].float()
+        got = _sent_embeds(p)
+        assert torch.equal(got, want)
+        pos = inputs.injection_positions[b] - int((~keep).sum())
+        assert float(got[pos].norm()) == pytest.approx(pair.av.sidecar.injection_scale, rel=1e-5)
+        assert p["max_tokens"] == dec.budget(len(want)) and p["model"] == "served-av"
+        assert p["temperature"] == 0.0 and "prompt" not in p
+        assert p["stop_token_ids"] == _eos_ids(pair.av)
+        assert p["repetition_penalty"] == vllm.hf_repetition_penalty(pair.av)
+
+
+def test_vllm_reply_parsing_reproduces_the_hf_convention(loaded_pair, rng):
+    """A /v1/completions reply carrying HF's tokens parses to HF's Verbalization (as for SGLang: budget
+    hit, or stopped on a stop id that the returned token_ids include)."""
+    pair = loaded_pair("llama")
+    tok, eos = pair.av.tokenizer, _eos_ids(pair.av)
+
+    def reply(ids, finish):
+        return {"choices": [{"index": 0, "text": "ignored", "token_ids": ids, "finish_reason": finish,
+                             "stop_reason": None}]}
+
+    v = rng.normal(size=(2, pair.d_model)).astype(np.float32)
+    for x in verbalize(pair.av, v, Decoding(max_new_tokens=6)):
+        assert x.truncated
+        assert vllm.verbalization_from_reply(reply(list(x.token_ids), "length"), tok, eos) == x
+        ids = list(x.token_ids[:3])
+        assert vllm.verbalization_from_reply(reply(ids + [eos[0]], "stop"), tok, eos) == Verbalization(
+            text=tok.decode(ids, skip_special_tokens=False), token_ids=tuple(ids), truncated=False, n_new_tokens=4)
+    with pytest.raises(RuntimeError, match="abort"):
+        vllm.verbalization_from_reply(reply([], "abort"), tok, eos)
+    with pytest.raises(RuntimeError, match="return_token_ids"):
+        vllm.verbalization_from_reply(reply(None, "stop"), tok, eos)
+
+
+CACHE_CONFIG_METRIC = ('# HELP vllm:cache_config_info Information of the LLMEngine CacheConfig\n'
+                       '# TYPE vllm:cache_config_info gauge\n'
+                       'vllm:cache_config_info{block_size="16",cache_dtype="auto",enable_prefix_caching="%s",'
+                       'engine="0",gpu_memory_utilization="0.85"} 1.0\n')
+
+
+def test_vllm_prefix_caching_is_read_from_the_cache_config_metric():
+    assert vllm.prefix_caching_from_metrics(CACHE_CONFIG_METRIC % "False") is False
+    assert vllm.prefix_caching_from_metrics(CACHE_CONFIG_METRIC % "True") is True
+    assert vllm.prefix_caching_from_metrics("vllm:num_requests_running 0.0\n") is None
+    assert vllm.prefix_caching_from_metrics('vllm:cache_config_info{block_size="16"} 1.0\n') is None
+
+
+def test_vllm_without_server_url_is_refused_naming_the_variable(monkeypatch, tiny):
+    monkeypatch.delenv(vllm.SERVER_URL_ENV, raising=False)
+    with pytest.raises(BackendUnavailable, match=r"\$NLA_REPRO_VLLM_URL is unset.*vllm serve AV_DIR "
+                                                 r"--enable-prompt-embeds --no-enable-prefix-caching"):
+        backends.get_backend("vllm")
+    from nla_repro.pair import NLAPair
+
+    with pytest.raises(BackendUnavailable, match="NLA_REPRO_VLLM_URL"):
+        NLAPair.from_dirs(tiny.av, tiny.ar, backend="vllm")
+
+
+def test_vllm_unreachable_server_is_refused_naming_the_url(monkeypatch):
+    with socket.socket() as s:  # a port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv(vllm.SERVER_URL_ENV, url)
+    with pytest.raises(BackendUnavailable, match=rf"{re.escape(url)}/version is not reachable.*vllm serve"):
+        backends.get_backend("vllm")
+
+
+@pytest.mark.skipif(not os.environ.get(vllm.SERVER_URL_ENV),
+                    reason=f"needs a live vLLM server: ${vllm.SERVER_URL_ENV} is unset "
+                           f"(launch one with `{' '.join(vllm.launch_args('AV_DIR'))}`)")
+def test_vllm_live_server_decodes_in_the_hf_convention(rng):
+    """Against the AV the server serves: conventions hold, distinct vectors do not alias (trap #7), and a
+    request decoded alone twice decodes identically."""
+    from nla_repro import sanity
+    from nla_repro.checkpoint import load_av
+
+    b = backends.get_backend("vllm")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    av = load_av(b.model_path, dtype=torch.bfloat16, device=device)
+    v = rng.normal(size=(8, av.sidecar.d_model)).astype(np.float32)
+    dec = Decoding(max_new_tokens=48)
+    out = b.decode(av, v, dec, batch_size=4)
+    budget = dec.budget(build_av_inputs(av, v[:1]).input_ids.shape[1])
+    for x in out:
+        assert x.text == av.tokenizer.decode(list(x.token_ids), skip_special_tokens=False)
+        assert not set(x.token_ids) & set(_eos_ids(av))
+        assert x.n_new_tokens == len(x.token_ids) + (0 if x.truncated else 1) <= budget
+    assert sanity.aliased_decodes([x.text for x in out], v) is None
+    assert b.decode(av, v[:2], dec, batch_size=1) == b.decode(av, v[:2], dec, batch_size=1)
+    with pytest.raises(NotImplementedError, match="greedily"):
+        b.decode(av, v[:1], Decoding(greedy=False, seed=1))

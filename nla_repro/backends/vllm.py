@@ -1,25 +1,214 @@
-"""vLLM backend: named so `--backend vllm` is a real choice that is never answered by another engine.
+"""vLLM backend: AV decoding with `prompt_embeds` against a live vLLM OpenAI-compatible server.
 
-Not implemented: nla-repro has no vLLM client yet (vLLM's `prompt_embeds` input would carry the AV's
-injected embeds). Without the package the reason says how to install it; with it, that the client is
-missing. Either way `BackendUnavailable` is raised and tests that need the backend are skipped.
+The launch flags, the request payload and the reading of the server's metrics are pure functions, tested
+without a server. `VLLMBackend` is the client: it speaks HTTP only (the `vllm` package is not imported
+here; `pip install 'nla-repro[vllm]'` installs it to run the server), and needs a server launched with
+`launch_args(AV_DIR)` whose URL is in `$NLA_REPRO_VLLM_URL`; without one it raises `BackendUnavailable`.
+
+vLLM conventions (targeted: vLLM >= 0.11, the V1 engine; not run against a live server here), from
+- docs/features/prompt_embeds.md and examples/online_serving/prompt_embed_inference_with_openai_client.py
+  (docs.vllm.ai, v0.11.0 and stable): `/v1/completions` takes `prompt_embeds`, base64 of the
+  `torch.save` bytes of one [T, hidden_size] tensor, when the server runs with `--enable-prompt-embeds`;
+  a `prompt` sent alongside is decoded as a further choice;
+- the server's loader `safe_load_prompt_embeds`: `torch.load(weights_only=True)`, floating point only,
+  a leading batch dim of 1 squeezed, hidden size checked, recent versions cast to the served dtype;
+- `vllm/entrypoints/openai/completion/protocol.py` (`CompletionRequest`) and PR vllm-project/vllm#22587:
+  `stop_token_ids`, `skip_special_tokens`, `repetition_penalty`, `top_k` (0 = off), and
+  `return_token_ids`, which puts the generated ids in each choice's `token_ids` (a server without it
+  ignores the field and its reply is refused here). Sampling fields left out of a request take the
+  checkpoint's generation_config defaults (`--generation-config auto`), so every one is sent;
+- prefix caching (on by default in V1): an embeds request's token ids are placeholders, so its cache
+  identity rests on a per-block sha256 of the embeds (`_gen_prompt_embeds_extra_hash_keys`, added in
+  PR vllm-project/vllm#27219, Oct 2025); keying gaps have been found since (#56655, mixed embeds).
+  `--no-enable-prefix-caching` is required as SGLang's radix cache is (trap #7): if the identity misses
+  the injected row, different vectors decode identically; and a hit makes one decode depend on an earlier
+  request. The client reads the setting from `/metrics` (`vllm:cache_config_info`) and refuses otherwise.
+
+Client conventions, as SGLang's: one request per vector carrying that row's injected embeds exactly as
+the HF path builds them (left padding removed; sent as fp32, lossless for a bf16/fp16 AV), the AV's stop
+ids as `stop_token_ids`, the reply's `token_ids` cut at the first stop id and detokenised here with the
+AV tokenizer (the HF path's convention, not the server's detokeniser). Greedy only, no banned tokens:
+vLLM's `seed` and `logit_bias` are not wired, and an unseeded sampled decode must not be cached under a
+seeded key. Version = the server's `/version`. Not confirmed: Gemma's multimodal wrapper with
+`prompt_embeds` (vLLM does not test embeds on multimodal models; trap #9 is flagged by the sanity checks).
 """
 
 from __future__ import annotations
 
-from . import BackendUnavailable
+import base64
+import io
+import json
+import os
+import re
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
-INSTALL_HINT = "install it with `pip install 'nla-repro[vllm]'` (a CUDA machine)"
+import numpy as np
+import torch
+
+from . import BackendUnavailable
+from ..decoding import Decoding
+from ..verbalize import Verbalization, _eos_ids, build_av_inputs
+
+REQUIRED_FLAGS = ("--enable-prompt-embeds", "--no-enable-prefix-caching")
+WHY_REQUIRED = {
+    "--enable-prompt-embeds": "without it the server answers every prompt_embeds request with HTTP 400",
+    "--no-enable-prefix-caching": "with prefix caching on, a cache identity that misses the injected row "
+                                  "makes different vectors decode identically (trap #7)",
+}
+
+
+def launch_args(model_path: str, *, gpu_memory_utilization: float = 0.85) -> list[str]:
+    """Server flags: prompt embeds on, prefix caching off (see the module docstring for why)."""
+    return ["vllm", "serve", model_path, "--enable-prompt-embeds", "--no-enable-prefix-caching",
+            "--gpu-memory-utilization", str(gpu_memory_utilization), "--trust-remote-code"]
+
+
+def check_launch_args(args: list[str]) -> None:
+    missing = [f for f in REQUIRED_FLAGS if f not in args]
+    if missing:
+        raise ValueError(f"vLLM launch is missing {missing}: "
+                         + "; ".join(f"{f}: {WHY_REQUIRED[f]}" for f in missing))
+
+
+def encode_prompt_embeds(inputs_embeds) -> str:
+    """base64 of `torch.save` of one fp32 [T, d] tensor (vLLM's wire format for `prompt_embeds`)."""
+    t = (inputs_embeds.detach().to("cpu", torch.float32) if isinstance(inputs_embeds, torch.Tensor)
+         else torch.from_numpy(np.asarray(inputs_embeds, dtype=np.float32)))
+    if t.ndim != 2 or t.shape[0] == 0:
+        raise ValueError(f"vLLM takes one unbatched, non-empty [T, d] prompt_embeds tensor per request, "
+                         f"got shape {tuple(t.shape)}")
+    buf = io.BytesIO()
+    torch.save(t.contiguous().clone(), buf)  # clone: torch.save writes a view's whole storage
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def completions_payload(inputs_embeds, decoding: Decoding, max_new_tokens: int, model_name: str) -> dict:
+    """One `/v1/completions` request: embeds only, never a text `prompt` alongside (it would be decoded as
+    a second choice). Every sampling field is explicit so the server's generation_config defaults never
+    apply; penalties are neutral here (row_payloads sets the AV's own repetition penalty)."""
+    return {"model": model_name, "prompt_embeds": encode_prompt_embeds(inputs_embeds),
+            "max_tokens": int(max_new_tokens), "n": 1, "stream": False,
+            "temperature": 0.0 if decoding.greedy else decoding.temperature,
+            "top_p": 1.0 if decoding.greedy else decoding.top_p,
+            "top_k": 0 if decoding.greedy else decoding.top_k,
+            "min_p": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+            "skip_special_tokens": False, "return_token_ids": True}
+
+
+def check_payload(payload: dict) -> None:
+    if "prompt" in payload:
+        raise ValueError("vLLM payload carries a text prompt together with prompt_embeds: the server would "
+                         "decode it as a further choice")
+    if not isinstance(payload.get("prompt_embeds"), str):
+        raise ValueError("vLLM payload has no prompt_embeds (a base64 string)")
+
+
+_CACHE_CONFIG_LINE = re.compile(r"^vllm:cache_config_info\{(?P<labels>[^}]*)\}", re.MULTILINE)
+
+
+def prefix_caching_from_metrics(metrics_text: str) -> bool | None:
+    """`enable_prefix_caching` as the server's Prometheus `vllm:cache_config_info` labels report it; None
+    when the metric or the label is absent (e.g. a server started with --disable-log-stats)."""
+    m = _CACHE_CONFIG_LINE.search(metrics_text)
+    label = m and re.search(r'enable_prefix_caching="(\w+)"', m.group("labels"))
+    return None if not label else label.group(1) == "True"
+
+
+# ---------------------------------------------------------------------------------------------- client
+
+SERVER_URL_ENV = "NLA_REPRO_VLLM_URL"
+INSTALL_HINT = ("on a CUDA machine, `pip install 'nla-repro[vllm]'` (or any vllm>=0.11), launch the AV with "
+                f"`{' '.join(launch_args('AV_DIR'))}` and set {SERVER_URL_ENV}=http://HOST:PORT")
+
+
+def hf_repetition_penalty(av) -> float:
+    """The penalty HF `generate` applies from the AV's generation_config (1.0 when unset)."""
+    return float(getattr(av.model.generation_config, "repetition_penalty", None) or 1.0)
+
+
+def row_payloads(av, vectors, decoding: Decoding, model_name: str) -> list[dict]:
+    """One checked request per vector: the row's injected embeds [T, d] with the left padding of the HF
+    batch removed, budget min(max_new_tokens, context_cap - T), the AV's stop ids and repetition penalty."""
+    inputs = build_av_inputs(av, vectors)
+    eos = _eos_ids(av)
+    out = []
+    for b in range(inputs.input_ids.shape[0]):
+        keep = inputs.attention_mask[b].bool()
+        payload = completions_payload(inputs.inputs_embeds[b][keep], decoding,
+                                      decoding.budget(int(keep.sum())), model_name)
+        payload.update(stop_token_ids=eos, repetition_penalty=hf_repetition_penalty(av))
+        check_payload(payload)
+        out.append(payload)
+    return out
+
+
+def verbalization_from_reply(reply: dict, tokenizer, eos: list[int]) -> Verbalization:
+    """A `/v1/completions` reply as a Verbalization in the HF path's convention (text before the first
+    stop id, decoded here from the returned ids)."""
+    if len(reply.get("choices") or []) != 1:
+        raise RuntimeError(f"vLLM reply has {len(reply.get('choices') or [])} choices, expected one")
+    choice = reply["choices"][0]
+    if choice.get("token_ids") is None:
+        raise RuntimeError("vLLM reply carries no token_ids: the server does not support return_token_ids "
+                           "(vllm-project/vllm#22587); upgrade it")
+    finish = choice.get("finish_reason")
+    if finish not in ("stop", "length"):
+        raise RuntimeError(f"vLLM request finished with {finish!r}")
+    ids = [int(t) for t in choice["token_ids"]]
+    stop = next((i for i, t in enumerate(ids) if t in eos), None)
+    toks = ids if stop is None else ids[:stop]
+    truncated = finish == "length"
+    return Verbalization(text=tokenizer.decode(toks, skip_special_tokens=False), token_ids=tuple(toks),
+                         truncated=truncated, n_new_tokens=len(toks) + (0 if truncated else 1))
+
+
+def _request(url: str, payload: dict | None = None, timeout: float = 600.0, *, as_json: bool = True):
+    data = None if payload is None else json.dumps(payload).encode("utf-8")
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            body = r.read()
+    except urllib.error.HTTPError as e:  # the server answered: a real error, not a missing engine
+        raise RuntimeError(f"vLLM server {url}: HTTP {e.code}: {e.read()[:500]!r}") from e
+    except urllib.error.URLError as e:
+        raise BackendUnavailable(f"vLLM server {url} is not reachable ({e.reason}); {INSTALL_HINT}") from e
+    return json.loads(body) if as_json else body.decode("utf-8", "replace")
 
 
 class VLLMBackend:
+    """Client of a live vLLM server (see the module docstring for what it does and does not do)."""
+
     name = "vllm"
 
-    def __init__(self):
-        try:
-            import vllm
-        except ImportError as e:
-            raise BackendUnavailable(f"the vLLM engine is not installed (`import vllm` failed: {e}); "
-                                     f"{INSTALL_HINT}") from e
-        raise BackendUnavailable(f"vllm {vllm.__version__} is installed but nla-repro has no vLLM client yet "
-                                 "(decoding with prompt_embeds is not implemented); use --backend hf or sglang")
+    def __init__(self, url: str | None = None):
+        url = url or os.environ.get(SERVER_URL_ENV)
+        if not url:
+            raise BackendUnavailable(f"no vLLM server configured (${SERVER_URL_ENV} is unset); {INSTALL_HINT}")
+        self.url = url.rstrip("/")
+        self.version = str(_request(f"{self.url}/version", timeout=30.0)["version"])
+        model = _request(f"{self.url}/v1/models", timeout=30.0)["data"][0]  # the base model is listed first
+        self.model_name, self.model_path = model["id"], str(model.get("root") or model["id"])
+        prefix_caching = prefix_caching_from_metrics(_request(f"{self.url}/metrics", timeout=30.0, as_json=False))
+        if prefix_caching is not False:
+            state = "runs with prefix caching on" if prefix_caching else "does not report its prefix caching"
+            raise ValueError(f"vLLM server {self.url} {state} (vllm:cache_config_info in /metrics): "
+                             f"{WHY_REQUIRED['--no-enable-prefix-caching']}; relaunch with launch_args() "
+                             "and without --disable-log-stats")
+
+    def decode(self, av, vectors, decoding: Decoding = Decoding(), *, batch_size: int = 16,
+               banned_token_ids=None) -> list[Verbalization]:
+        if not decoding.greedy or banned_token_ids:
+            raise NotImplementedError("the vLLM backend decodes greedily without banned tokens only (sampling "
+                                      "seed and logit bias are not wired); use --backend hf")
+        served = Path(self.model_path).expanduser().resolve()
+        if served != Path(av.path).resolve():
+            raise ValueError(f"vLLM server {self.url} serves {served}, not the AV {av.path}: results would be "
+                             "cached under the wrong checkpoint's hash")
+        payloads = row_payloads(av, vectors, decoding, self.model_name)
+        with ThreadPoolExecutor(max_workers=batch_size) as pool:
+            replies = list(pool.map(lambda p: _request(f"{self.url}/v1/completions", p), payloads))
+        eos = _eos_ids(av)
+        return [verbalization_from_reply(r, av.tokenizer, eos) for r in replies]
