@@ -431,6 +431,14 @@ def _utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
+def _parse_utc(text: str) -> _dt.datetime:
+    try:
+        t = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as e:
+        raise ValueError(f"not an ISO-8601 time: {text!r} (e.g. 2026-11-21T22:30:00Z)") from e
+    return t if t.tzinfo is not None else t.replace(tzinfo=_dt.timezone.utc)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # entries
 
@@ -765,6 +773,19 @@ class ResultsCache:
                     sd.rmdir()
                 except OSError:
                     pass
+        return n
+
+    def prune(self, before: str, step: str | None = None) -> int:
+        """Delete entries (optionally of ``step``) created before the ISO-8601 time ``before`` (UTC if it has
+        no offset), e.g. results of checkpoints that were since replaced, which the report would otherwise
+        still list.  Entries without a readable creation time are kept (``get`` already recomputes corrupt
+        ones).  Returns how many went."""
+        cutoff = _parse_utc(before)
+        n = 0
+        for info in self.list(step):
+            if info.created_at and _parse_utc(info.created_at) < cutoff:
+                self._remove_entry_dir(info.path)
+                n += 1
         return n
 
     def stats(self) -> dict[str, Any]:

@@ -51,6 +51,17 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_experiment(args) -> int:
+    """One experiment on the embedded default pair(s), cached for `nla-repro report`."""
+    from .experiment_job import print_results, run_experiment_job
+    from .pairs import parse_families
+
+    results = run_experiment_job(args.name, families=parse_families(args.families), eval_size=args.eval_size,
+                                 device=args.device, backend=args.backend, refresh=args.refresh)
+    print_results(results)
+    return 0
+
+
 def cmd_report(args) -> int:
     from .report import write_report
 
@@ -69,6 +80,11 @@ def cmd_cache(args) -> int:
     elif args.action == "clear":
         n = cache.clear(step=args.step)
         print(f"removed {n} entries")
+    elif args.action == "prune":
+        if not args.before:
+            raise ValueError("cache prune needs --before TIME (ISO-8601, e.g. 2026-11-21T22:30:00Z)")
+        n = cache.prune(args.before, step=args.step)
+        print(f"removed {n} entries created before {args.before}")
     else:
         print(json.dumps(cache.stats(), indent=2, sort_keys=True))
     return 0
@@ -106,15 +122,29 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="also print the summary as JSON")
     r.set_defaults(fn=cmd_run)
 
+    e = sub.add_parser("experiment", help="run one experiment on the embedded default pair(s) and cache it "
+                       "(figures no claim measures there, e.g. ridge scaling, then appear in `report`)")
+    e.add_argument("name", help="experiment name (nla_repro/experiments/)")
+    e.add_argument("--families", default="smollm2", metavar="FAMILIES",
+                   help="comma-separated default-pair families, e.g. smollm2,gemma3 (two or more for "
+                        "cross_family / ridge_baseline)")
+    e.add_argument("--eval-size", type=int, default=None, help="eval rows (default: the experiment's own)")
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--backend", default=DEFAULT_BACKEND, choices=sorted(BACKENDS))
+    e.add_argument("--refresh", action="store_true", help="recompute instead of reading the cache")
+    e.set_defaults(fn=cmd_experiment)
+
     rep = sub.add_parser("report", help="regenerate REPORT.md from cached results (no recompute)")
     rep.add_argument("--results", default=None, help="results cache root or directory of result JSON")
     rep.add_argument("--out", default="REPORT.md")
     rep.set_defaults(fn=cmd_report)
 
-    ca = sub.add_parser("cache", help="list / clear / stats of the results cache")
-    ca.add_argument("action", choices=["list", "clear", "stats"])
+    ca = sub.add_parser("cache", help="list / clear / prune / stats of the results cache")
+    ca.add_argument("action", choices=["list", "clear", "prune", "stats"])
     ca.add_argument("--root", default=None)
-    ca.add_argument("--step", default=None, help="with clear: only entries of this step")
+    ca.add_argument("--step", default=None, help="with clear / prune: only entries of this step")
+    ca.add_argument("--before", default=None, help="with prune: remove entries created before this ISO-8601 "
+                    "time (UTC if no offset), e.g. results of a checkpoint since replaced")
     ca.set_defaults(fn=cmd_cache)
     return p
 

@@ -108,6 +108,16 @@ def default_pair_name(family: str) -> str:
                           f"{sorted(f for f, _ in DEFAULT_PAIRS.values())}")
 
 
+def parse_families(value: str) -> tuple[str, ...]:
+    """`smollm2,gemma3` -> ("smollm2", "gemma3"), order kept, duplicates dropped; ValueError names unknown ones."""
+    known = [fam for fam, _ in DEFAULT_PAIRS.values()]
+    fams = tuple(dict.fromkeys(f.strip() for f in str(value).split(",") if f.strip()))
+    bad = [f for f in fams if f not in known]
+    if bad or not fams:
+        raise ValueError(f"{value!r}: unknown or empty family list {bad}; known: {known}")
+    return fams
+
+
 def default_pair_handle(*, cache=None, device: str = "cpu", name: str | None = None,
                         family: str = DEFAULT_FAMILY, **kw):
     """Handle of an embedded default pair; gold from its GGUF base model (dequantised fp32)."""

@@ -79,14 +79,12 @@ def pytest_collection_modifyitems(config, items):
 
 def parse_default_pairs(value: str) -> tuple[str, ...]:
     """`smollm2,gemma3` -> ("smollm2", "gemma3"); unknown families are a usage error naming the known ones."""
-    from .pairs import DEFAULT_PAIRS
+    from .pairs import parse_families
 
-    known = [fam for fam, _ in DEFAULT_PAIRS.values()]
-    fams = tuple(dict.fromkeys(f.strip() for f in str(value).split(",") if f.strip()))
-    bad = [f for f in fams if f not in known]
-    if bad or not fams:
-        raise pytest.UsageError(f"--default-pairs {value!r}: unknown or empty family list {bad}; known: {known}")
-    return fams
+    try:
+        return parse_families(value)
+    except ValueError as e:
+        raise pytest.UsageError(f"--default-pairs: {e}") from e
 
 
 def parse_pair_option(values: list[str]) -> dict[str, tuple[Path, Path]]:

@@ -430,3 +430,23 @@ def test_hash_file_matches_hashlib(tmp_path):
     data = os.urandom(3 * (1 << 20) + 17)
     p.write_bytes(data)
     assert hash_file(p) == hashlib.sha256(data).hexdigest()
+
+
+def test_prune_removes_only_entries_older_than_the_cutoff(rc, monkeypatch, capsys):
+    import nla_repro.cache as cache_mod
+    from nla_repro.cli import main
+
+    times = iter(["2026-11-20T10:00:00Z", "2026-11-21T22:29:59Z", "2026-11-21T22:30:00Z", "2026-11-22T01:00:00Z"])
+    monkeypatch.setattr(cache_mod, "_utc_now", lambda: next(times))
+    for s in range(4):
+        rc.put(_key(seed=s), {"s": s})
+    assert rc.prune("2026-11-21T22:30:00Z") == 2
+    assert sorted(i.key["seed"] for i in rc.list()) == [2, 3]
+    assert rc.get(_key(seed=0)) is None and rc.get(_key(seed=2)) is not None
+    assert rc.prune("2026-11-21T22:30:00") == 0  # no offset = UTC: same cutoff, nothing left to remove
+    with pytest.raises(ValueError, match="not an ISO-8601 time"):
+        rc.prune("yesterday")
+    assert main(["cache", "prune", "--root", str(rc.root)]) == 2
+    assert "needs --before" in capsys.readouterr().err
+    assert main(["cache", "prune", "--root", str(rc.root), "--before", "2026-11-23T00:00:00Z"]) == 0
+    assert "removed 2 entries" in capsys.readouterr().out and rc.list() == []

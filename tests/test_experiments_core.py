@@ -275,3 +275,15 @@ def test_build_eval_set_is_cached(world):
     b = build_eval_set(loader, None, docs, 2, SAMPLER, name="t", base_model_id=h.base_spec.model_id,
                        batch_size=2, cache=world["cache"])
     assert len(calls) == 1 and np.array_equal(a.vectors, b.vectors) and a.manifest_hash == b.manifest_hash
+
+
+def test_ridge_crossover_flags_are_plain_bools():
+    """An extrapolated crossover beyond the cap is flagged clipped; the flag must be a Python bool (a numpy
+    bool is not a storable figure type and made a real two-pair ridge run fail at result validation)."""
+    from nla_repro.experiments.ridge_baseline import crossover_log10
+
+    cx, clipped = crossover_log10([16, 32, 64, 128], [0.10, 0.11, 0.12, 0.13], target=0.9)
+    assert cx == 12.0 and clipped is True
+    cx, clipped = crossover_log10([16, 32, 64, 128], [0.1, 0.2, 0.3, 0.4], target=0.5)
+    assert 2.0 < cx < 12.0 and clipped is False
+    assert crossover_log10([16, 32, 64], [0.1, 0.6, 0.7], target=0.5) == (math.log10(32), False)

@@ -24,3 +24,16 @@ def test_registry_names_follow_the_selected_defaults_and_user_pairs_replace_them
         default_pair_name("qwen2")
     with pytest.raises(PairUnavailable, match="was not provided"):
         PairRegistry(dirs={"mine": ("a", "b")}).get("default-gemma3")  # a user pair set excludes the defaults
+
+
+def test_experiment_command_refuses_bad_requests_before_loading_anything(capsys):
+    """`nla-repro experiment`: unknown experiment, unknown family, or a pair-comparing experiment on one pair
+    are errors (exit 2) that name what is wrong; none of them materializes a model."""
+    from nla_repro.cli import main
+
+    assert main(["experiment", "no_such_experiment"]) == 2
+    assert "unknown experiment 'no_such_experiment'" in capsys.readouterr().err
+    assert main(["experiment", "ridge_baseline", "--families", "smollm2,qwen"]) == 2
+    assert "unknown or empty family list ['qwen']" in capsys.readouterr().err
+    assert main(["experiment", "cross_family", "--families", "smollm2"]) == 2
+    assert "give at least two families" in capsys.readouterr().err

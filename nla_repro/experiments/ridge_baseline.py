@@ -68,7 +68,7 @@ def crossover_log10(ns, fves, target, cap=12.0):
     if b <= 0:
         return cap, True
     v = (target - a) / b
-    return (float(min(max(v, 0.0), cap)), v > cap)
+    return float(min(max(v, 0.0), cap)), bool(v > cap)  # plain bool: numpy's is not a figure type
 
 
 @experiment(NAME, default_n=16, decoding="none for ridge; text route: greedy (cross_family)",
