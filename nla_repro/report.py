@@ -112,9 +112,17 @@ def _conv(er: ExperimentResult) -> tuple[str, str]:
     return er.conventions["denominator"], er.conventions["decoding"]
 
 
+def _wrap(text: str, width: int) -> str:
+    """Long convention strings wrapped so titles and axis labels stay inside the PNG."""
+    import textwrap  # noqa: PLC0415
+
+    return "\n".join(textwrap.wrap(text, width)) or text
+
+
 def _title(ax, base: str, er: ExperimentResult) -> None:
     den, dec = _conv(er)
-    ax.set_title(f"{base} — {er.pair}\ndenominator: {den} · decoding: {dec} · n={er.n}", fontsize=9)
+    ax.set_title(_wrap(f"{base} — {er.pair}", 80) + "\n"
+                 + _wrap(f"denominator: {den} · decoding: {dec} · n={er.n}", 95), fontsize=8)
 
 
 def _bars(ax, rows, er: ExperimentResult, base: str, horizontal: bool) -> None:
@@ -139,7 +147,7 @@ def _bars(ax, rows, er: ExperimentResult, base: str, horizontal: bool) -> None:
         ax.bar(pos, vals, yerr=errs, color="#4c72b0", capsize=3)
         ax.set_xticks(pos, labels, rotation=30, ha="right", fontsize=8)
         ax.axhline(0.0, color="black", linewidth=0.8)
-        ax.set_ylabel(f"FVE (denominator: {den}; decoding: {dec})")
+        ax.set_ylabel(_wrap(f"FVE (denominator: {den}; decoding: {dec})", 48), fontsize=8)
         for p, v in zip(pos, vals):
             ax.annotate(f"{v:.3f}", (p, v), xytext=(0, 3), textcoords="offset points", ha="center", fontsize=7)
     _title(ax, base, er)
@@ -172,7 +180,7 @@ def _draw_best_of_n(fig, data, er):
                         color="#4c72b0", alpha=0.2, label="CI")
     den, dec = _conv(er)
     ax.set_xlabel("N samples per activation (best-of-prefix-N)")
-    ax.set_ylabel(f"FVE (denominator: {den}; decoding: {dec})")
+    ax.set_ylabel(_wrap(f"FVE (denominator: {den}; decoding: {dec})", 48), fontsize=8)
     ax.set_xticks(n)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
@@ -206,7 +214,7 @@ def _draw_transfer(fig, data, er):
                     color="white" if (not math.isnan(v) and v < (min(vmin, 0.0) + vmax) / 2) else "black")
     den, dec = _conv(er)
     cb = fig.colorbar(im, ax=ax)
-    cb.set_label(f"FVE (denominator: {den}; decoding: {dec})", fontsize=8)
+    cb.set_label(_wrap(f"FVE (denominator: {den}; decoding: {dec})", 48), fontsize=8)
     _title(ax, "Cross-model transfer matrix", er)
 
 
@@ -234,7 +242,7 @@ def _draw_ridge(fig, data, er):
     ax.set_xscale("log")
     den, dec = _conv(er)
     ax.set_xlabel("training pairs n (log scale)")
-    ax.set_ylabel(f"FVE (denominator: {den}; text route decoding: {dec})")
+    ax.set_ylabel(_wrap(f"FVE (denominator: {den}; text route decoding: {dec})", 48), fontsize=8)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     _title(ax, "Ridge baseline FVE vs training-pair count", er)
