@@ -68,11 +68,9 @@ def check_payload(payload: dict) -> None:
 
 # The release's rollout sends bf16-base64 embeds only when injection_scale < 1000 (Qwen 150, Llama 30):
 # at Gemma's 60000-80000 the bf16 resolution of the injected row would be ~256 (nla_generate.py:54-59).
+# This client always sends fp32 (generate_payload), so the threshold is only a recorded recipe constant
+# (checked by the recipe_constants experiment), never a transport switch.
 BF16_TRANSPORT_MAX_INJECTION_SCALE = 1000.0
-
-
-def bf16_transport_ok(injection_scale: float) -> bool:
-    return injection_scale < BF16_TRANSPORT_MAX_INJECTION_SCALE
 
 
 # ---------------------------------------------------------------------------------------------- client
