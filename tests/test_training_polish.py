@@ -21,13 +21,13 @@ TOPICS = ("apples", "rivers", "engines", "poetry")
 @pytest.mark.parametrize("text,want", [("false", False), ("False", False), ("0", False), ("true", True), ("1", True)])
 def test_bool_overrides_parse_their_words(text, want):
     # bool("False") is True: a plain type(current)(text) would switch the option on
-    assert parse_override("polish_av_repair", text, True) is want
-    assert parse_override("polish_av_repair", text, False) is want
+    assert parse_override("some_flag", text, True) is want
+    assert parse_override("some_flag", text, False) is want
 
 
 def test_bool_override_rejects_other_words_naming_the_option():
-    with pytest.raises(ValueError, match="polish_av_repair=maybe"):
-        parse_override("polish_av_repair", "maybe", False)
+    with pytest.raises(ValueError, match="some_flag=maybe"):
+        parse_override("some_flag", "maybe", False)
 
 
 def test_non_bool_overrides_keep_the_field_type():
@@ -77,9 +77,9 @@ def _snapshot(ar) -> dict:
 def _run_polish(ar, tok, data, monkeypatch, **cfg_kw):
     monkeypatch.setattr(P, "generate", _echo_generate(data))
     cfg = TrainConfig(polish_vectors=len(data), polish_val_vectors=8, polish_batch=64, ar_sft_batch=16,
-                      warmup_steps=1, polish_av_repair=False, **cfg_kw)
-    return P.polish(cfg, None, ar, tok, None, data, "cpu", 300.0, 1.0, end_id=2, extra_stop=(),
-                    stop_at=float("inf"), log=lambda *a: None)
+                      warmup_steps=1, **cfg_kw)
+    return P.polish(cfg, None, ar, tok, None, data, "cpu", 300.0, 1.0, extra_stop=(), stop_at=float("inf"),
+                    log=lambda *a: None)
 
 
 def test_polish_keeps_an_ar_fit_that_improves_validation(tiny_ar, monkeypatch):
@@ -110,8 +110,9 @@ def test_polish_skips_the_fit_when_no_validation_decode_is_valid(tiny_ar, monkey
     monkeypatch.setattr(P, "generate", lambda *a, **kw: [Sample([1] * 4, "loop loop", None, True)
                                                          for _ in range(len(a[3]))])
     before = _snapshot(ar)
-    cfg = TrainConfig(polish_vectors=24, polish_val_vectors=4, polish_batch=64, polish_av_repair=False)
-    out = P.polish(cfg, None, ar, tok, None, data, "cpu", 300.0, 1.0, end_id=2, extra_stop=(),
-                   stop_at=float("inf"), log=lambda *a: None)
+    cfg = TrainConfig(polish_vectors=24, polish_val_vectors=4, polish_batch=64)
+    out = P.polish(cfg, None, ar, tok, None, data, "cpu", 300.0, 1.0, extra_stop=(), stop_at=float("inf"),
+                   log=lambda *a: None)
     assert out["greedy_failure_rate_train"] == 1.0 and "no valid greedy decode" in out["ar_fit_skipped"]
+    assert "ar_fit_kept" not in out
     assert all(torch.equal(before[k], v) for k, v in _snapshot(ar).items())

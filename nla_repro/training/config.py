@@ -144,11 +144,6 @@ class TrainConfig:
     polish_vectors: int = 16384     # training vectors decoded greedily (a validation slice is held back)
     polish_val_vectors: int = 512
     polish_batch: int = 2048
-    polish_av_repair: bool = False  # AV pass on failing vectors (see polish.py: it did not help held-out)
-    polish_group: int = 8           # T=1 samples drawn per failing vector to find a repair target
-    polish_anchor_ratio: int = 3    # non-failing greedy decodes mixed in per repair target
-    polish_av_lr: float = 5e-5
-    polish_av_epochs: float = 2.0
     polish_ar_lr: float = 1e-4
     polish_ar_vh_lr: float = 2e-4
     polish_ar_epochs: float = 2.0
@@ -169,5 +164,5 @@ def smoke_config() -> TrainConfig:
         ar_sft_examples=32, ar_sft_batch=8, av_sft_examples=16, av_sft_batch=4,
         rl_steps=2, rl_prompts=2, rl_group=2, rl_critic_warmup=1, rl_max_new_tokens=24,
         eval_max_new_tokens=24, warmup_steps=1, micro_batch_tokens=4096,
-        polish_vectors=12, polish_val_vectors=2, polish_batch=8, polish_group=2,
+        polish_vectors=12, polish_val_vectors=2, polish_batch=8,
     )

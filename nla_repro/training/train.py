@@ -116,42 +116,51 @@ def split_train(train: Stage0):
     return ar, av, rl
 
 
-def train_ar_sft(cfg, ar, tok, data: Stage0, idx, device, V, stop_at=float('inf')) -> list:
+def fit_ar(ar, tok, texts: list[str], gold: np.ndarray, device, *, lr: float, vh_lr: float, epochs: float,
+           batch: int, warmup: int, grad_clip: float, seed: int, tag: str, stop_at=float('inf'),
+           V: float | None = None) -> list:
+    """Supervised AR pass on mse_nrm over (explanation text, gold vector) pairs: LoRA + value head, AdamW,
+    linear warm-up then cosine to 10 %.  Used by AR SFT (warm-start text) and the polish (greedy decodes)."""
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    idx = list(idx)[: cfg.ar_sft_examples]
-    rng = random.Random(cfg.seed)
+    rng = random.Random(seed)
     lora_p = [p for n, p in ar.named_parameters() if "lora_" in n]
-    opt = torch.optim.AdamW([{"params": lora_p, "lr": cfg.ar_sft_lr},
-                             {"params": list(ar.value_head.parameters()), "lr": cfg.ar_sft_vh_lr}],
+    vh_p = list(ar.value_head.parameters())
+    opt = torch.optim.AdamW([{"params": lora_p, "lr": lr}, {"params": vh_p, "lr": vh_lr}],
                             weight_decay=0.0, betas=(0.9, 0.99))
-    steps = max(1, int(len(idx) * cfg.ar_sft_epochs) // cfg.ar_sft_batch)
+    steps = max(1, int(len(texts) * epochs) // batch)
     hist = []
     order = []
     ar.train()
     for step in range(steps):
         if time.time() > stop_at:
-            log(f"ar_sft: time budget reached at step {step}/{steps}")
+            log(f"{tag}: time budget reached at step {step}/{steps}")
             break
-        if len(order) < cfg.ar_sft_batch:
-            o = list(idx)
+        if len(order) < batch:
+            o = list(range(len(texts)))
             rng.shuffle(o)
             order += o
-        bidx, order = order[: cfg.ar_sft_batch], order[cfg.ar_sft_batch:]
-        ids, mask = pad_right([ar_ids(tok, data.explanations[i]) for i in bidx], pad)
-        gold = torch.from_numpy(data.vectors[bidx]).to(device)
-        set_lr(opt, [lr_at(step, steps, cfg.ar_sft_lr, cfg.warmup_steps),
-                     lr_at(step, steps, cfg.ar_sft_vh_lr, cfg.warmup_steps)])
+        b, order = order[:batch], order[batch:]
+        ids, mask = pad_right([ar_ids(tok, texts[i]) for i in b], pad)
+        set_lr(opt, [lr_at(step, steps, lr, warmup), lr_at(step, steps, vh_lr, warmup)])
         with autocast(device):
             pred = ar(ids.to(device), mask.to(device))
-        loss = mse_nrm_torch(pred, gold).mean()
+        loss = mse_nrm_torch(pred, torch.from_numpy(gold[b]).to(device)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(lora_p + list(ar.value_head.parameters()), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(lora_p + vh_p, grad_clip)
         opt.step()
         hist.append(float(loss.detach()))
         if step % max(1, steps // 20) == 0 or step == steps - 1:
-            log(f"ar_sft step {step}/{steps} mse_nrm {np.mean(hist[-20:]):.4f} fve~{1 - np.mean(hist[-20:]) / V:.3f}")
+            fve = f" fve~{1 - np.mean(hist[-20:]) / V:.3f}" if V else ""
+            log(f"{tag} step {step}/{steps} mse_nrm {np.mean(hist[-20:]):.4f}{fve}")
     return hist
+
+
+def train_ar_sft(cfg, ar, tok, data: Stage0, idx, device, V, stop_at=float('inf')) -> list:
+    idx = list(idx)[: cfg.ar_sft_examples]
+    return fit_ar(ar, tok, [data.explanations[i] for i in idx], data.vectors[idx], device, lr=cfg.ar_sft_lr,
+                  vh_lr=cfg.ar_sft_vh_lr, epochs=cfg.ar_sft_epochs, batch=cfg.ar_sft_batch,
+                  warmup=cfg.warmup_steps, grad_clip=cfg.grad_clip, seed=cfg.seed, tag="ar_sft", stop_at=stop_at, V=V)
 
 
 def train_av_sft(cfg, av, tok, prompt, data: Stage0, idx, device, scale, stop_at=float('inf')) -> list:
@@ -504,10 +513,13 @@ def main(argv=None):
     if "ar_sft" in stages or "av_sft" in stages:
         round_all(av, ar)
         save_deltas(out, "sft", av, ar)
-    if "eval_sft" in stages:
+    def evaluate_stage(tag):  # held-out eval of the weights as shipped (bf16-rounded deltas)
         round_all(av, ar)
-        metrics["eval_sft"] = evaluate("sft", cfg, av, ar, tok, prompt, evs, device, scale, V, samples_path)
+        metrics[f"eval_{tag}"] = evaluate(tag, cfg, av, ar, tok, prompt, evs, device, scale, V, samples_path)
         dump()
+
+    if "eval_sft" in stages:
+        evaluate_stage("sft")
     if "rl" in stages:
         prior = list(metrics.get("rl_history", []))
 
@@ -527,21 +539,17 @@ def main(argv=None):
         save_deltas(out, "rl", av, ar)
         dump()
     if "eval_rl" in stages:
-        round_all(av, ar)
-        metrics["eval_rl"] = evaluate("rl", cfg, av, ar, tok, prompt, evs, device, scale, V, samples_path)
-        dump()
+        evaluate_stage("rl")
     if "polish" in stages:
         from .polish import polish
 
-        metrics["polish"] = polish(cfg, av, ar, tok, prompt, train, device, scale, V, end_id=END_ID,
-                                   extra_stop=EXTRA_STOP, stop_at=deadline - 45, log=log)
+        metrics["polish"] = polish(cfg, av, ar, tok, prompt, train, device, scale, V, extra_stop=EXTRA_STOP,
+                                   stop_at=deadline - 45, log=log)
         round_all(av, ar)
         save_deltas(out, "polish", av, ar)
         dump()
     if "eval_polish" in stages:
-        round_all(av, ar)
-        metrics["eval_polish"] = evaluate("polish", cfg, av, ar, tok, prompt, evs, device, scale, V, samples_path)
-        dump()
+        evaluate_stage("polish")
     metrics["meta"] = {"family": args.family, "layer": spec.layer, "injection_char": spec.injection_char,
                        "injection_token_id": prompt.marker_id, "left": prompt.left_id, "right": prompt.right_id,
                        "av_rank": cfg.av_rank, "av_alpha": cfg.av_alpha, "ar_rank": cfg.ar_rank,
