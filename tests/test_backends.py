@@ -5,13 +5,16 @@ experiment's cache key and provenance."""
 from __future__ import annotations
 
 import base64
+import http.server
 import importlib.util
 import io
+import json
 import os
 import re
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -177,6 +180,10 @@ def test_identity_code_digest_follows_the_backend_module():
 
     src = (ROOT / "nla_repro" / "backends" / "hf.py").read_bytes()
     assert hf["code"] == hashlib.sha256(src).hexdigest()[:16]
+    shared = (ROOT / "nla_repro" / "backends" / "server.py").read_bytes()  # the clients' base class module
+    for mod, cls in ((sglang, sglang.SGLangBackend), (vllm, vllm.VLLMBackend)):
+        own = Path(mod.__file__).read_bytes()
+        assert backends.code_digest(cls) == hashlib.sha256(own + shared).hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------------------ sglang client
@@ -349,6 +356,78 @@ def test_vllm_unreachable_server_is_refused_naming_the_url(monkeypatch):
     monkeypatch.setenv(vllm.SERVER_URL_ENV, url)
     with pytest.raises(BackendUnavailable, match=rf"{re.escape(url)}/version is not reachable.*vllm serve"):
         backends.get_backend("vllm")
+
+
+class _FakeVLLM(http.server.BaseHTTPRequestHandler):
+    """The endpoints the vLLM client reads; `/v1/completions` answers from `replies` in request order."""
+
+    metrics, root, replies, received = "", "", [], []
+
+    def do_GET(self):
+        body = {"/version": lambda: json.dumps({"version": "0.0-fake"}),
+                "/v1/models": lambda: json.dumps({"data": [{"id": "served-av", "root": _FakeVLLM.root}]}),
+                "/metrics": lambda: _FakeVLLM.metrics}[self.path]()
+        self._send(body)
+
+    def do_POST(self):
+        assert self.path == "/v1/completions"
+        _FakeVLLM.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self._send(json.dumps(_FakeVLLM.replies.pop(0)))
+
+    def _send(self, body: str):
+        data = body.encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeVLLM)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv(vllm.SERVER_URL_ENV, f"http://127.0.0.1:{server.server_address[1]}/")
+    _FakeVLLM.metrics, _FakeVLLM.root, _FakeVLLM.replies, _FakeVLLM.received = "", "", [], []
+    yield _FakeVLLM
+    server.shutdown()
+    server.server_close()
+
+
+def test_vllm_client_refuses_a_server_with_prefix_caching_on_or_unreported(fake_vllm):
+    fake_vllm.metrics = CACHE_CONFIG_METRIC % "True"
+    with pytest.raises(ValueError, match="prefix caching on.*trap #7"):
+        backends.get_backend("vllm")
+    fake_vllm.metrics = "vllm:num_requests_running 0.0\n"  # e.g. --disable-log-stats
+    with pytest.raises(ValueError, match="does not report its prefix caching"):
+        backends.get_backend("vllm")
+    fake_vllm.metrics = CACHE_CONFIG_METRIC % "False"
+    b = backends.get_backend("vllm")
+    assert (b.version, b.model_name, b.url) == ("0.0-fake", "served-av", os.environ[vllm.SERVER_URL_ENV][:-1])
+
+
+def test_vllm_client_decodes_the_served_av_in_the_hf_convention(fake_vllm, loaded_pair, rng, tmp_path):
+    """Against a server answering with HF's tokens, `decode` sends `row_payloads` to /v1/completions and
+    returns HF's Verbalizations; it refuses a server serving another checkpoint, and sampled decodes."""
+    pair = loaded_pair("llama")
+    fake_vllm.metrics, fake_vllm.root = CACHE_CONFIG_METRIC % "False", str(tmp_path)
+    b = backends.get_backend("vllm")
+    v = rng.normal(size=(3, pair.d_model)).astype(np.float32)
+    dec = Decoding(max_new_tokens=6)
+    with pytest.raises(ValueError, match="not the AV"):
+        b.decode(pair.av, v, dec)
+    b.model_path = str(pair.av.path)
+    with pytest.raises(NotImplementedError, match="greedily"):
+        b.decode(pair.av, v, Decoding(greedy=False, seed=1))
+    with pytest.raises(NotImplementedError, match="greedily"):
+        b.decode(pair.av, v, dec, banned_token_ids=[0])
+    assert fake_vllm.received == []
+    want = verbalize(pair.av, v, dec)
+    fake_vllm.replies = [{"choices": [{"token_ids": list(x.token_ids), "finish_reason": "length"}]} for x in want]
+    assert b.decode(pair.av, v, dec, batch_size=1) == want
+    assert fake_vllm.received == vllm.row_payloads(pair.av, v, dec, "served-av")
 
 
 @pytest.mark.skipif(not os.environ.get(vllm.SERVER_URL_ENV),

@@ -4,8 +4,9 @@ are optional extras, and a test that needs one is skipped with a reason when it 
 A backend decodes AV explanations: `decode(av, vectors, decoding, *, batch_size, banned_token_ids)`
 returns one `nla_repro.verbalize.Verbalization` per vector, with the same conventions as the HF path
 (text up to and excluding EOS, `truncated` when the token budget ran out). Its `name`, `version` and
-the sha256 of its module's source go into every experiment's cache key and provenance (`identity()`),
-so a number decoded by one engine (or one client version) is never served for another.
+the sha256 of its module's source (with the modules of its base classes) go into every experiment's cache
+key and provenance (`identity()`), so a number decoded by one engine (or one client version) is never
+served for another.
 
 `get_backend(name)` builds the backend or raises `BackendUnavailable` (engine package missing, server
 not configured); it never substitutes another engine. This module imports no engine (it is loaded by
@@ -49,9 +50,17 @@ def get_backend(name: str = DEFAULT_BACKEND) -> Backend:
     return getattr(importlib.import_module(module), cls)()
 
 
+def code_digest(cls: type) -> str:
+    """sha256[:16] of the source of the module defining `cls`, followed by that of each further module
+    defining one of its base classes (for the live-server clients: `backends.server`)."""
+    h = hashlib.sha256()
+    for f in dict.fromkeys(inspect.getsourcefile(c) for c in cls.__mro__ if c.__module__ != "builtins"):
+        h.update(Path(f).read_bytes())
+    return h.hexdigest()[:16]
+
+
 def identity(name: str) -> dict:
-    """`{"name", "version", "code"}` of backend `name` (cache-key and provenance field; code = sha256[:16]
-    of the backend's module source); raises `BackendUnavailable` if the engine is missing."""
+    """`{"name", "version", "code"}` of backend `name` (cache-key and provenance field; code = `code_digest`
+    of the backend's class); raises `BackendUnavailable` if the engine is missing."""
     b = get_backend(name)
-    src = Path(inspect.getsourcefile(type(b))).read_bytes()
-    return {"name": b.name, "version": b.version, "code": hashlib.sha256(src).hexdigest()[:16]}
+    return {"name": b.name, "version": b.version, "code": code_digest(type(b))}

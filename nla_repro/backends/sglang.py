@@ -15,18 +15,12 @@ cached under a seeded key. Version = the server's reported version.
 
 from __future__ import annotations
 
-import json
-import os
-import urllib.error
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-
 import numpy as np
 
 from . import BackendUnavailable
 from ..decoding import Decoding
-from ..verbalize import Verbalization, _eos_ids, build_av_inputs
+from ..verbalize import Verbalization, _eos_ids
+from .server import ServerBackend, server_url, unpadded_rows, verbalization_from_ids
 
 REQUIRED_FLAGS = ("--disable-radix-cache",)
 
@@ -83,13 +77,10 @@ INSTALL_HINT = ("install it with `pip install 'nla-repro[sglang]'` (a CUDA machi
 def row_payloads(av, vectors, decoding: Decoding) -> list[dict]:
     """One checked `/generate` request per vector: the row's injected embeds [T, d] with the left padding
     of the HF batch removed, budget min(max_new_tokens, context_cap - T), the AV's stop ids."""
-    inputs = build_av_inputs(av, vectors)
     eos = _eos_ids(av)
     out = []
-    for b in range(inputs.input_ids.shape[0]):
-        keep = inputs.attention_mask[b].bool()
-        embeds = inputs.inputs_embeds[b][keep].float().cpu().numpy()
-        payload = generate_payload(embeds, decoding, decoding.budget(int(keep.sum())))
+    for embeds in unpadded_rows(av, vectors):
+        payload = generate_payload(embeds.float().cpu().numpy(), decoding, decoding.budget(embeds.shape[0]))
         payload["sampling_params"]["stop_token_ids"] = eos
         check_payload(payload)
         out.append(payload)
@@ -98,33 +89,18 @@ def row_payloads(av, vectors, decoding: Decoding) -> list[dict]:
 
 def verbalization_from_reply(reply: dict, tokenizer, eos: list[int]) -> Verbalization:
     """A `/generate` reply as a Verbalization in the HF path's convention (text before the first stop id)."""
-    ids = [int(t) for t in reply["output_ids"]]
-    stop = next((i for i, t in enumerate(ids) if t in eos), None)
-    toks = ids if stop is None else ids[:stop]
-    finish = reply["meta_info"]["finish_reason"]["type"]
-    if finish not in ("stop", "length"):
-        raise RuntimeError(f"SGLang request finished with {reply['meta_info']['finish_reason']!r}")
-    truncated = finish == "length"
-    return Verbalization(text=tokenizer.decode(toks, skip_special_tokens=False), token_ids=tuple(toks),
-                         truncated=truncated, n_new_tokens=len(toks) + (0 if truncated else 1))
+    reason = reply["meta_info"]["finish_reason"]
+    return verbalization_from_ids(reply["output_ids"], reason["type"], tokenizer, eos, engine="SGLang",
+                                  reason=reason)
 
 
-def _request(url: str, payload: dict | None = None, timeout: float = 600.0) -> dict:
-    data = None if payload is None else json.dumps(payload).encode("utf-8")
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return json.loads(r.read())
-    except urllib.error.HTTPError as e:  # the server answered: a real error, not a missing engine
-        raise RuntimeError(f"SGLang server {url}: HTTP {e.code}: {e.read()[:500]!r}") from e
-    except urllib.error.URLError as e:
-        raise BackendUnavailable(f"SGLang server {url} is not reachable ({e.reason}); {INSTALL_HINT}") from e
-
-
-class SGLangBackend:
+class SGLangBackend(ServerBackend):
     """Client of a live SGLang server (see the module docstring for what it does and does not do)."""
 
     name = "sglang"
+    engine = "SGLang"
+    hint = INSTALL_HINT
+    generate_path = "/generate"
 
     def __init__(self, url: str | None = None):
         try:
@@ -132,27 +108,16 @@ class SGLangBackend:
         except ImportError as e:
             raise BackendUnavailable(f"the SGLang engine is not installed (`import sglang` failed: {e}); "
                                      f"{INSTALL_HINT}") from e
-        url = url or os.environ.get(SERVER_URL_ENV)
-        if not url:
-            raise BackendUnavailable(f"no SGLang server configured (${SERVER_URL_ENV} is unset); {INSTALL_HINT}")
-        self.url = url.rstrip("/")
-        self.server = _request(f"{self.url}/get_server_info", timeout=30.0)
+        self.url = server_url(url, SERVER_URL_ENV, self.engine, INSTALL_HINT)
+        self.server = self._request("/get_server_info", timeout=30.0)
         if not self.server.get("disable_radix_cache"):
             raise ValueError(f"SGLang server {self.url} runs with the radix cache on: different vectors share "
                              "cached prefixes and decode identically (trap #7); relaunch with launch_args()")
         self.version = str(self.server["version"])
+        self.model_path = str(self.server.get("model_path", ""))
 
-    def decode(self, av, vectors, decoding: Decoding = Decoding(), *, batch_size: int = 16,
-               banned_token_ids=None) -> list[Verbalization]:
-        if not decoding.greedy or banned_token_ids:
-            raise NotImplementedError("the SGLang backend decodes greedily without banned tokens only (sampling "
-                                      "seed and logit bias are not wired); use --backend hf")
-        served = Path(str(self.server.get("model_path", ""))).expanduser().resolve()
-        if served != Path(av.path).resolve():
-            raise ValueError(f"SGLang server {self.url} serves {served}, not the AV {av.path}: results would be "
-                             "cached under the wrong checkpoint's hash")
-        payloads = row_payloads(av, vectors, decoding)
-        with ThreadPoolExecutor(max_workers=batch_size) as pool:
-            replies = list(pool.map(lambda p: _request(f"{self.url}/generate", p), payloads))
-        eos = _eos_ids(av)
-        return [verbalization_from_reply(r, av.tokenizer, eos) for r in replies]
+    def payloads(self, av, vectors, decoding: Decoding) -> list[dict]:
+        return row_payloads(av, vectors, decoding)
+
+    def parse_reply(self, reply: dict, tokenizer, eos: list[int]) -> Verbalization:
+        return verbalization_from_reply(reply, tokenizer, eos)

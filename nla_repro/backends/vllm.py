@@ -37,20 +37,14 @@ from __future__ import annotations
 
 import base64
 import io
-import json
-import os
 import re
-import urllib.error
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import BackendUnavailable
 from ..decoding import Decoding
-from ..verbalize import Verbalization, _eos_ids, build_av_inputs
+from ..verbalize import Verbalization, _eos_ids
+from .server import ServerBackend, server_url, unpadded_rows, verbalization_from_ids
 
 REQUIRED_FLAGS = ("--enable-prompt-embeds", "--no-enable-prefix-caching")
 WHY_REQUIRED = {
@@ -132,13 +126,10 @@ def hf_repetition_penalty(av) -> float:
 def row_payloads(av, vectors, decoding: Decoding, model_name: str) -> list[dict]:
     """One checked request per vector: the row's injected embeds [T, d] with the left padding of the HF
     batch removed, budget min(max_new_tokens, context_cap - T), the AV's stop ids and repetition penalty."""
-    inputs = build_av_inputs(av, vectors)
     eos = _eos_ids(av)
     out = []
-    for b in range(inputs.input_ids.shape[0]):
-        keep = inputs.attention_mask[b].bool()
-        payload = completions_payload(inputs.inputs_embeds[b][keep], decoding,
-                                      decoding.budget(int(keep.sum())), model_name)
+    for embeds in unpadded_rows(av, vectors):
+        payload = completions_payload(embeds, decoding, decoding.budget(embeds.shape[0]), model_name)
         payload.update(stop_token_ids=eos, repetition_penalty=hf_repetition_penalty(av))
         check_payload(payload)
         out.append(payload)
@@ -154,61 +145,32 @@ def verbalization_from_reply(reply: dict, tokenizer, eos: list[int]) -> Verbaliz
     if choice.get("token_ids") is None:
         raise RuntimeError("vLLM reply carries no token_ids: the server does not support return_token_ids "
                            "(vllm-project/vllm#22587); upgrade it")
-    finish = choice.get("finish_reason")
-    if finish not in ("stop", "length"):
-        raise RuntimeError(f"vLLM request finished with {finish!r}")
-    ids = [int(t) for t in choice["token_ids"]]
-    stop = next((i for i, t in enumerate(ids) if t in eos), None)
-    toks = ids if stop is None else ids[:stop]
-    truncated = finish == "length"
-    return Verbalization(text=tokenizer.decode(toks, skip_special_tokens=False), token_ids=tuple(toks),
-                         truncated=truncated, n_new_tokens=len(toks) + (0 if truncated else 1))
+    return verbalization_from_ids(choice["token_ids"], choice.get("finish_reason"), tokenizer, eos,
+                                  engine="vLLM")
 
 
-def _request(url: str, payload: dict | None = None, timeout: float = 600.0, *, as_json: bool = True):
-    data = None if payload is None else json.dumps(payload).encode("utf-8")
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            body = r.read()
-    except urllib.error.HTTPError as e:  # the server answered: a real error, not a missing engine
-        raise RuntimeError(f"vLLM server {url}: HTTP {e.code}: {e.read()[:500]!r}") from e
-    except urllib.error.URLError as e:
-        raise BackendUnavailable(f"vLLM server {url} is not reachable ({e.reason}); {INSTALL_HINT}") from e
-    return json.loads(body) if as_json else body.decode("utf-8", "replace")
-
-
-class VLLMBackend:
+class VLLMBackend(ServerBackend):
     """Client of a live vLLM server (see the module docstring for what it does and does not do)."""
 
     name = "vllm"
+    engine = "vLLM"
+    hint = INSTALL_HINT
+    generate_path = "/v1/completions"
 
     def __init__(self, url: str | None = None):
-        url = url or os.environ.get(SERVER_URL_ENV)
-        if not url:
-            raise BackendUnavailable(f"no vLLM server configured (${SERVER_URL_ENV} is unset); {INSTALL_HINT}")
-        self.url = url.rstrip("/")
-        self.version = str(_request(f"{self.url}/version", timeout=30.0)["version"])
-        model = _request(f"{self.url}/v1/models", timeout=30.0)["data"][0]  # the base model is listed first
+        self.url = server_url(url, SERVER_URL_ENV, self.engine, INSTALL_HINT)
+        self.version = str(self._request("/version", timeout=30.0)["version"])
+        model = self._request("/v1/models", timeout=30.0)["data"][0]  # the base model is listed first
         self.model_name, self.model_path = model["id"], str(model.get("root") or model["id"])
-        prefix_caching = prefix_caching_from_metrics(_request(f"{self.url}/metrics", timeout=30.0, as_json=False))
+        prefix_caching = prefix_caching_from_metrics(self._request("/metrics", timeout=30.0, as_json=False))
         if prefix_caching is not False:
             state = "runs with prefix caching on" if prefix_caching else "does not report its prefix caching"
             raise ValueError(f"vLLM server {self.url} {state} (vllm:cache_config_info in /metrics): "
                              f"{WHY_REQUIRED['--no-enable-prefix-caching']}; relaunch with launch_args() "
                              "and without --disable-log-stats")
 
-    def decode(self, av, vectors, decoding: Decoding = Decoding(), *, batch_size: int = 16,
-               banned_token_ids=None) -> list[Verbalization]:
-        if not decoding.greedy or banned_token_ids:
-            raise NotImplementedError("the vLLM backend decodes greedily without banned tokens only (sampling "
-                                      "seed and logit bias are not wired); use --backend hf")
-        served = Path(self.model_path).expanduser().resolve()
-        if served != Path(av.path).resolve():
-            raise ValueError(f"vLLM server {self.url} serves {served}, not the AV {av.path}: results would be "
-                             "cached under the wrong checkpoint's hash")
-        payloads = row_payloads(av, vectors, decoding, self.model_name)
-        with ThreadPoolExecutor(max_workers=batch_size) as pool:
-            replies = list(pool.map(lambda p: _request(f"{self.url}/v1/completions", p), payloads))
-        eos = _eos_ids(av)
-        return [verbalization_from_reply(r, av.tokenizer, eos) for r in replies]
+    def payloads(self, av, vectors, decoding: Decoding) -> list[dict]:
+        return row_payloads(av, vectors, decoding, self.model_name)
+
+    def parse_reply(self, reply: dict, tokenizer, eos: list[int]) -> Verbalization:
+        return verbalization_from_reply(reply, tokenizer, eos)
