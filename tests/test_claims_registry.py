@@ -506,3 +506,17 @@ def test_empty_registry_dir_raises(tmp_path):
 def test_nan_in_registry_rejected(tmp_path):
     with pytest.raises(ClaimRegistryError, match="'tolerance'"):
         load_claim_file(_registry(tmp_path, dict(_GOOD_CLAIM, tolerance=math.nan)))
+
+
+def test_sampling_spread_claims_accept_the_releases_own_examples():
+    """recipe §7.1 prints greedy and the 4 T=1 sample scores; every mean-of-4 the printed sample range allows
+    must pass its claim (an interval [0.005, 0.025] failed Llama's own numbers: gap 0.026-0.036)."""
+    qwen_llama = _c("recipe-qwen-llama-sampling-spread")
+    for greedy, lo, hi in ((0.143, 0.132, 0.157), (0.313, 0.272, 0.292)):   # Qwen pos 99, Llama pos 110
+        # the mean of 4 samples in [lo, hi] with both extremes present lies in [(3lo+hi)/4, (lo+3hi)/4]
+        for mean4 in np.linspace((3 * lo + hi) / 4, (lo + 3 * hi) / 4, 9):
+            assert judge(qwen_llama, abs(greedy - mean4)).status == "pass", (greedy, mean4)
+    assert judge(qwen_llama, 0.05).status == "fail"
+    gemma = _c("recipe-gemma12-sampling-spread")   # 0.006 vs 0.006-0.007
+    for mean4 in np.linspace(0.00625, 0.00675, 5):
+        assert judge(gemma, abs(0.006 - mean4)).status == "pass"

@@ -15,6 +15,7 @@ The fixture AV stands in for the base model (nla_repro.evalset); the train denom
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import statistics
 
@@ -201,7 +202,8 @@ def test_every_figure_matches_a_hand_computation(world, fam):
     greedy_text = figs["examples.table"]["text_for_ar"][figs["examples.table"]["position"].index(P)]
     assert any(t != greedy_text for t in texts)   # they are T=1 draws, not the greedy decode again
     assert r.conventions["failure_convention"] == "CLIENT_RAW"
-    assert r.protocol["text_sha256"] and r.protocol["exclude_first_source"].startswith("default")
+    assert r.protocol["text_sha256"] == hashlib.sha256(world["texts"][fam].encode("utf-8")).hexdigest()
+    assert r.protocol["exclude_first_source"].startswith("default")
 
 
 def test_figure_declaration_matches_a_real_run(world):
@@ -281,10 +283,10 @@ def test_missing_text_skips_naming_the_file_and_the_option(world, tmp_path, monk
     reg = PairRegistry(factories={QWEN: lambda: world["handles"][QWEN]})
     res = ClaimRunner(reg, cache=None).evaluate(ClaimCase(get_claim("recipe-qwen-example-fve"), QWEN, (QWEN,)))
     assert res.status == "skipped" and "missing file qwen2.5-7b-L20.txt" in res.message
-    # a cross-pair claim skips when one scope pair's text is missing
+    # a cross-pair claim skips when one scope pair's text is missing (Qwen's, the first scope pair)
     c = get_claim("recipe-qwen-llama-sampling-spread")
     res = ClaimRunner(reg, cache=None).evaluate(ClaimCase(c, "+".join(c.pairs()), c.pairs()))
-    assert res.status == "skipped"
+    assert res.status == "skipped" and "missing file qwen2.5-7b-L20.txt" in res.message
 
 
 def test_environment_variable_gives_the_directory_and_the_text_is_in_the_cache_key(world, monkeypatch, tmp_path):

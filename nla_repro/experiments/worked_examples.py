@@ -47,7 +47,8 @@ Figures (per pair; "scored" = positions exclude_first .. n_tokens-1 that have a 
                         leading positions, scored-range greedy decodes failing the training convention
   examples.pos0 / .pos0_fve   greedy mse_nrm / fve at position 0 (Qwen: <|im_start|>, Gemma/Llama: BOS)
   examples.bos / .bos_fve     the same at the BOS position (only when the tokenisation starts with a BOS)
-  examples.table        per decoded position: position, token, scored, mse, fve, cos, norm, text_for_ar, failed
+  examples.table        per decoded position: position, token, scored, mse, fve, cos, norm, text_for_ar,
+                        failed_training_convention
   examples.sampling.pos<P>.{greedy|samples|sampled|spread|spread_max|texts}   at sampling position P:
                         greedy mse, the n sample mses, [min, max] of them, |greedy - mean(samples)|,
                         max |greedy - sample|, the sampled texts the AR read
@@ -61,7 +62,6 @@ Figures (per pair; "scored" = positions exclude_first .. n_tokens-1 that have a 
 from __future__ import annotations
 
 import gc
-import hashlib
 import os
 from pathlib import Path
 
@@ -263,10 +263,6 @@ def plan_positions(tok, text: str, pair_name: str, p: dict) -> dict:
 
 # ------------------------------------------------------------------------------------------- statistics
 
-def _f(x) -> float:
-    return float(x) if x is not None and np.isfinite(x) else float("nan")
-
-
 def _stats(mse: np.ndarray, v_train: float | None) -> dict:
     s = np.asarray(mse, dtype=np.float64)
     s = s[~np.isnan(s)]
@@ -368,8 +364,8 @@ def worked_examples(ctx, pair_name):
         figs[f"{k}.greedy"] = g
         figs[f"{k}.samples"] = [float(x) for x in s]
         figs[f"{k}.sampled"] = [float(ok.min()), float(ok.max())] if ok.size else [float("nan")] * 2
-        figs[f"{k}.spread"] = _f(abs(g - ok.mean())) if ok.size else float("nan")
-        figs[f"{k}.spread_max"] = _f(np.max(np.abs(g - ok))) if ok.size else float("nan")
+        figs[f"{k}.spread"] = float(abs(g - ok.mean())) if ok.size else float("nan")
+        figs[f"{k}.spread_max"] = float(np.max(np.abs(g - ok))) if ok.size else float("nan")
         figs[f"{k}.texts"] = list(stexts[i * n_samples:(i + 1) * n_samples])
     first = f"examples.sampling.pos{sp[0]}"
     figs["examples.sampling.spread"] = figs[f"{first}.spread"]
@@ -381,7 +377,7 @@ def worked_examples(ctx, pair_name):
                              "denominator": f"train V={v_train} ({v_src})" if v_train else
                                             "train: MISSING (no sidecar metrics.train_rawvar): fve figures NaN"},
             "_protocol": {"eval_set": f"worked example {path.name}", "text_file": str(path),
-                          "text_given_by": given_by, "text_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+                          "text_given_by": given_by, "text_sha256": sha256_file(path),
                           "n_tokens": T, "tokenisation": "stage-0 tokenizer(text, add_special_tokens=True), one BOS",
                           "bos": plan["bos"], "exclude_first": E, "exclude_first_source": plan["exclude_first_source"],
                           "sampling_positions": sp, "sampling_positions_source": plan["sampling_positions_source"],
