@@ -339,3 +339,14 @@ def test_count_thresholds_are_strict_and_fve_uses_the_train_denominator():
     assert st["fve"] == pytest.approx([statistics.mean([0.9, 0.75, 0.5, -0.2, 0.95, 0.8]), 0.775])
     assert st["mse_range"] == [0.05, 1.2] and st["cos"] == pytest.approx(1 - statistics.mean(mse) / 2)
     assert _stats(np.array(mse), 2.0)["counts"] == [5, 4, 0]   # V = 2: fve 0.95 .875 .75 .4 .975 .9
+
+
+def test_worked_examples_key_builds_no_eval_set(world, monkeypatch, tmp_path):
+    """The experiment reads only the release text: its cache key must not build (for a 70B pair: a forward
+    pass of the base model) nor depend on the held-out eval set."""
+    monkeypatch.setenv("NLA_REPRO_EXAMPLES_DIR", str(tmp_path))
+    (tmp_path / "llama.txt").write_text(world["texts"]["llama"], encoding="utf-8")
+    h = world["handles"]["llama"]
+    monkeypatch.setattr(h, "eval_set", lambda n: pytest.fail("the eval set was built"))
+    ctx = ExperimentContext(pairs={"llama": h}, options={NAME: {"max_new_tokens": MAX_NEW}})
+    assert cache_key(NAME, ctx, "llama")["eval_manifest"] == {}

@@ -86,10 +86,6 @@ class ExperimentSkipped(Exception):
     release's worked-example text). The message names what is missing and how to provide it. The claims
     runner turns it into a SKIPPED claim with that reason (never a pass, never a substitute measurement)."""
 
-    @property
-    def reason(self) -> str:
-        return str(self)
-
 
 ExperimentFn = Callable[[ExperimentContext, str], dict]
 InputsFn = Callable[[ExperimentContext, str], dict]
@@ -100,6 +96,8 @@ def experiment(name: str, *, default_n: int, decoding: str, denominator: str,
                failure_convention: str, needs: tuple[str, ...] = (), inputs: InputsFn | None = None):
     """Register an experiment and the conventions it reports under.
 
+    ``needs``: ``"all_pairs"`` (one run over every pair), ``"adjacent"`` (adjacent-layer eval sets),
+    ``"no_eval_set"`` (reads only its own inputs: the held-out eval set is neither built nor keyed).
     ``inputs(ctx, pair_name) -> dict``: content identity of extra inputs the experiment reads outside the
     eval set (file hashes); it enters the cache key, and it runs before anything is computed, so it may
     raise :class:`ExperimentSkipped` when an input is missing."""

@@ -149,6 +149,8 @@ def cache_key(name: str, ctx: ExperimentContext, pair_name: str) -> dict:
     for p in used:
         h = ctx.pairs[p]
         ckpt[p] = {"av": hash_checkpoint_dir(h.av_dir), "ar": hash_checkpoint_dir(h.ar_dir)}
+        if "no_eval_set" in meta.get("needs", ()):  # reads its own inputs only: no held-out set to build
+            continue
         es = h.eval_set(n)
         manifests[p] = {"main": es.manifest_hash, "rows": len(es)}
         if "adjacent" in meta.get("needs", ()):
@@ -194,7 +196,8 @@ def _compute(name: str, ctx: ExperimentContext, pair_name: str, key: dict) -> Ex
     conventions.update(reserved.get("_conventions", {}))
     used = pairs_for(name, ctx, pair_name)
     protocol = {"experiment": name, "n_requested": key["n"], "params": key["params"],
-                "eval_sets": {p: ctx.pairs[p].eval_set(key["n"]).name for p in used},
+                "eval_sets": {p: ctx.pairs[p].eval_set(key["n"]).name for p in used
+                              if "no_eval_set" not in meta.get("needs", ())},
                 "backend": {p: f"{b['name']} {b['version']}" for p, b in key["backend"].items()}}
     protocol.update(reserved.get("_protocol", {}))
     fp = provenance.environment_fingerprint()

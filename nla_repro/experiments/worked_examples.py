@@ -288,7 +288,7 @@ def _stats(mse: np.ndarray, v_train: float | None) -> dict:
                      f"{N_SAMPLES} x sampled(T=1.0, top_p=1.0, top_k=off, seed 0) at the sampling positions",
             denominator="train (sidecar metrics.train_rawvar or the handle's value; fve figures NaN without it)",
             failure_convention="CLIENT_RAW (the worked examples score raw text on a tag miss; override: options)",
-            inputs=_inputs)
+            needs=("no_eval_set",), inputs=_inputs)
 def worked_examples(ctx, pair_name):
     p = params(ctx, NAME, DEFAULTS)
     handle = ctx.pairs[pair_name]
